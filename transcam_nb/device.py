@@ -1,6 +1,6 @@
 """Device, seeding, threads and mixed-precision policy, decided in one place.
 
-Nothing else in the package calls ``.cuda()``: every module asks :func:`get_device` (or takes a
+No module hard-codes a CUDA device: every module asks :func:`get_device` (or takes a
 ``device=`` argument) and moves tensors with ``.to(device)``.
 """
 from __future__ import annotations

@@ -260,7 +260,7 @@ class Conformer(nn.Module):
         self.depth = depth
         self.cam_head = cam_head
         self.last_stride = (1 if cam_head else 2) if last_stride is None else last_stride
-        dpr = [float(v) for v in torch.linspace(0, drop_path_rate, depth)]
+        dpr = [drop_path_rate * i / (depth - 1) for i in range(depth)]  # linspace(0, rate, depth)
 
         c1 = int(base_channel * channel_ratio)
         c2, c3 = c1 * 2, c1 * 4

@@ -1,0 +1,173 @@
+"""Figures for the book: overlays, label maps, attention for a reference point, grids, curves.
+
+Every function draws into a Matplotlib axes (``ax=``, created when omitted) and returns it or
+the figure, so notebooks can compose them. Inputs are NumPy arrays or tensors: images as
+``H x W x 3`` uint8, CAMs as ``H x W`` floats in [0, 1], label maps as ``H x W`` integers
+(0 background, 1..K classes, 255 ignore).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["colorize_labels", "show_image", "show_cam", "show_labels", "show_attention_point",
+           "image_grid", "plot_curves", "plot_tau_curve"]
+
+
+def _np(x):
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.detach().float().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    return np.asarray(x)
+
+
+def colorize_labels(labels) -> np.ndarray:
+    """Label map → ``H x W x 3`` uint8 with the VOC palette (255 shown white-ish)."""
+    from .data.voc import VOC_PALETTE  # one palette implementation, in data/ (255 = void colour)
+
+    lab = _np(labels).astype(np.int64)
+    pal = np.asarray(VOC_PALETTE, dtype=np.uint8).reshape(256, 3)
+    return pal[np.clip(lab, 0, 255)]
+
+
+def _ax(ax, figsize=(3, 3)):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def show_image(image, ax=None, title: str | None = None):
+    ax = _ax(ax)
+    ax.imshow(_np(image).astype(np.uint8) if _np(image).dtype != np.float32 else _np(image))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def show_cam(image, cam, ax=None, title: str | None = None, alpha: float = 0.55, cmap: str = "jet"):
+    """Overlay a ``H x W`` map in [0, 1] (resized to the image if needed) on the image."""
+    import torch
+    import torch.nn.functional as F
+
+    ax = _ax(ax)
+    img = _np(image)
+    c = _np(cam).astype(np.float32)
+    if c.shape != img.shape[:2]:
+        c = F.interpolate(torch.from_numpy(c)[None, None], size=img.shape[:2], mode="bilinear",
+                          align_corners=False)[0, 0].numpy()
+    ax.imshow(img.astype(np.uint8))
+    ax.imshow(np.clip(c, 0, 1), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def show_labels(labels, image=None, ax=None, title: str | None = None, alpha: float = 0.6):
+    """Show a label map with the VOC palette, over the image when given."""
+    ax = _ax(ax)
+    col = colorize_labels(labels)
+    if image is not None:
+        img = _np(image).astype(np.float32)
+        mix = (1 - alpha) * img + alpha * col
+        mix[_np(labels) == 0] = img[_np(labels) == 0]
+        ax.imshow(mix.astype(np.uint8))
+    else:
+        ax.imshow(col)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def show_attention_point(image, attn, point_yx: tuple[int, int], grid_hw: tuple[int, int], ax=None,
+                         title: str | None = None):
+    """Attention of one reference location (the paper's Fig. 3).
+
+    ``attn`` is a patch-to-patch map ``[h*w, h*w]`` (class token already dropped) or a full
+    ``[N, N]`` map with the class token at 0 (dropped here). ``point_yx`` is a pixel position in
+    ``image``; its token row is shown as a heat map over the image, and the point is marked.
+    """
+    a = _np(attn)
+    h, w = grid_hw
+    if a.shape[0] == h * w + 1:
+        a = a[1:, 1:]
+    if a.shape != (h * w, h * w):
+        raise ValueError(f"attention of shape {a.shape} does not fit a {h}x{w} token grid")
+    img = _np(image)
+    H, W = img.shape[:2]
+    ty = min(int(point_yx[0] * h / H), h - 1)
+    tx = min(int(point_yx[1] * w / W), w - 1)
+    row = a[ty * w + tx].reshape(h, w)
+    row = (row - row.min()) / (row.max() - row.min() + 1e-12)
+    ax = show_cam(img, row, ax=ax, title=title)
+    ax.plot([point_yx[1]], [point_yx[0]], marker="*", color="white", markersize=12, markeredgecolor="black")
+    return ax
+
+
+def image_grid(rows: Sequence[Sequence], titles: Sequence[Sequence[str]] | None = None, size: float = 2.2,
+               row_labels: Sequence[str] | None = None):
+    """A grid of panels: ``rows[i][j]`` is a callable ``f(ax)`` that draws one panel."""
+    import matplotlib.pyplot as plt
+
+    nr, nc = len(rows), max(len(r) for r in rows)
+    fig, axes = plt.subplots(nr, nc, figsize=(size * nc, size * nr), squeeze=False)
+    for i, r in enumerate(rows):
+        for j in range(nc):
+            ax = axes[i][j]
+            if j < len(r) and r[j] is not None:
+                r[j](ax)
+                if titles is not None and titles[i][j]:
+                    ax.set_title(titles[i][j], fontsize=9)
+            ax.set_axis_off()
+        if row_labels is not None:
+            axes[i][0].text(-0.05, 0.5, row_labels[i], transform=axes[i][0].transAxes, rotation=90,
+                            va="center", ha="right", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(df, x: str, ys: Sequence[str], ax=None, title: str | None = None, smooth: int = 1):
+    """Training curves from a metrics log (a pandas DataFrame); ``smooth`` is a moving-average window."""
+    ax = _ax(ax, figsize=(5, 3))
+    for y in ys:
+        if y not in df:
+            continue
+        s = df[[x, y]].dropna()
+        vals = s[y].rolling(smooth, min_periods=1).mean() if smooth > 1 else s[y]
+        ax.plot(s[x], vals, label=y)
+    ax.set_xlabel(x)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_tau_curve(curves: dict, ax=None, fixed_tau: float | None = None, title: str | None = None):
+    """mIoU against the background threshold τ: ``curves = {name: (taus, mious)}``. The best τ
+    of each curve is marked (chosen on ground truth, so optimistic); ``fixed_tau`` is drawn as
+    a vertical line (chosen in advance)."""
+    ax = _ax(ax, figsize=(5, 3.2))
+    for name, (taus, mious) in curves.items():
+        taus, mious = np.asarray(taus), np.asarray(mious)
+        line, = ax.plot(taus, 100 * mious, label=name)
+        i = int(np.argmax(mious))
+        ax.plot(taus[i], 100 * mious[i], "o", color=line.get_color())
+    if fixed_tau is not None:
+        ax.axvline(fixed_tau, color="gray", ls="--", lw=1, label=f"fixed τ = {fixed_tau:.2f}")
+    ax.set_xlabel("background threshold τ")
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax

@@ -1,0 +1,59 @@
+"""Post-processing of TransCAM seeds (paper §4.4, REFERENCE.md §7).
+
+* :mod:`.crf` — dense CRF (pydensecrf2) with the authors' three parameter sets, and the
+  la / ha label maps PSA trains on.
+* :mod:`.affinity` — PSA: AffinityNet (affinity labels, pairs, loss, training) and the
+  random walk that turns CAMs into refined pseudo labels.
+
+The CRF functions import the ``pydensecrf`` extension only when called, so this package
+imports without it.
+"""
+from .crf import CRF_PRESETS, CRFPreset, crf_labels, crf_probs, get_crf_preset, labels_from_cams, make_la_ha_labels
+from .affinity import (
+    AFFINITY_PRESETS,
+    AffinityConfig,
+    AffinityDataset,
+    AffinityNet,
+    ResNet38d,
+    affinity_labels,
+    affinity_loss,
+    dense_affinity,
+    extract_pair_labels,
+    get_affinity_preset,
+    load_affinity_checkpoint,
+    pair_affinity,
+    pair_indices,
+    pair_offsets,
+    prepare_image,
+    random_walk,
+    train_affinity,
+    transition_matrix,
+)
+
+__all__ = [
+    "CRF_PRESETS",
+    "CRFPreset",
+    "crf_labels",
+    "crf_probs",
+    "get_crf_preset",
+    "labels_from_cams",
+    "make_la_ha_labels",
+    "AFFINITY_PRESETS",
+    "AffinityConfig",
+    "AffinityDataset",
+    "AffinityNet",
+    "ResNet38d",
+    "affinity_labels",
+    "affinity_loss",
+    "dense_affinity",
+    "extract_pair_labels",
+    "get_affinity_preset",
+    "load_affinity_checkpoint",
+    "pair_affinity",
+    "pair_indices",
+    "pair_offsets",
+    "prepare_image",
+    "random_walk",
+    "train_affinity",
+    "transition_matrix",
+]

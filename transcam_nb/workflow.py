@@ -1,0 +1,257 @@
+"""The book's workflow: cached, resumable calls that chapters (and the pipeline CLI) share.
+
+A chapter starts with :func:`setup` (profile, device, seed, versions) and then asks for what it
+needs: :func:`classifier` trains the profile's classifier (or loads it when a finished run
+with the same configuration exists), :func:`evaluate_variants` computes multi-scale CAMs of
+several refinement variants in one pass per image and sweeps the background threshold. Results
+are cached under :func:`artifacts_dir` keyed by a hash of everything that determines them, so
+later chapters reuse earlier ones, yet each notebook also runs alone (it computes what it
+misses).
+
+Environment variables:
+
+``TRANSCAM_PROFILE``     ``tiny`` (default) or ``paper``
+``TRANSCAM_ARTIFACTS``   where cached stage outputs go (default: ``<repo>/artifacts`` inside a
+                         checkout, else ``~/.cache/transcam_nb/artifacts``)
+``TRANSCAM_VOC_ROOT``    the paper profile's VOC 2012 folder (holding ``JPEGImages/``)
+``TRANSCAM_SBD_ROOT``    SBD, for the ``train_aug`` list
+``TRANSCAM_INIT``        the ImageNet Conformer checkpoint the paper profile starts from
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__
+from .artifacts import cached, config_hash
+from .device import describe, get_device, seed_everything, set_threads
+from .profiles import Profile, get_profile
+
+__all__ = ["setup", "artifacts_dir", "data_root", "classifier", "DEFAULT_VARIANTS", "multiscale_variants",
+           "evaluate_variants", "eval_dataset"]
+
+#: the refinement variants of the paper's Tables 2-3 plus rollout: name -> (method, blocks)
+DEFAULT_VARIANTS: dict[str, tuple[str, object]] = {
+    "CAM": ("none", None),
+    "TransCAM (AA)": ("transcam", "AA"),
+    "AS (blocks 1-6)": ("transcam", "AS"),
+    "AD (blocks 7-12)": ("transcam", "AD"),
+    "ClsAttn": ("clsattn", "AA"),
+    "AttnAgg": ("attnagg", "AA"),
+    "Rollout": ("rollout", "AA"),
+}
+
+
+def artifacts_dir() -> Path:
+    env = os.environ.get("TRANSCAM_ARTIFACTS")
+    if env:
+        p = Path(env)
+    else:
+        repo = Path(__file__).resolve().parents[1]
+        p = repo / "artifacts" if (repo / "_config.yml").is_file() else Path.home() / ".cache" / "transcam_nb" / "artifacts"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def setup(profile: str | Profile | None = None, *, verbose: bool = True, **overrides) -> Profile:
+    """The Setup cell: choose the profile (argument, else ``$TRANSCAM_PROFILE``, else tiny),
+    apply the paper profile's path variables, set threads and seeds, print what was chosen."""
+    if not isinstance(profile, Profile):
+        profile = get_profile(profile)
+    env = {}
+    if profile.name == "paper":
+        if os.environ.get("TRANSCAM_VOC_ROOT") and "data_root" not in overrides:
+            env["data_root"] = os.environ["TRANSCAM_VOC_ROOT"]
+        if os.environ.get("TRANSCAM_INIT") and "init_checkpoint" not in overrides:
+            env["init_checkpoint"] = os.environ["TRANSCAM_INIT"]
+    profile = profile.replace(**env, **overrides) if (env or overrides) else profile
+    set_threads(profile.threads)
+    seed_everything(profile.seed)
+    if verbose:
+        info = describe(get_device(profile.device))
+        print(f"profile : {profile.summary()}")
+        print("versions: " + ", ".join(f"{k} {v}" for k, v in info.items()) + f", transcam_nb {__version__}")
+        if profile.name == "tiny":
+            print("note    : tiny profile — a synthetic benchmark and a narrow Conformer on a CPU; "
+                  "these are NOT the paper's numbers")
+    return profile
+
+
+def data_root(profile: Profile) -> Path:
+    """The dataset folder of ``profile`` (the embedded benchmark is generated on first use)."""
+    from .train import resolve_data_root
+
+    return Path(resolve_data_root(profile, progress=False))
+
+
+def _data_spec(profile: Profile) -> dict:
+    if profile.data_root is None and profile.name == "tiny":
+        from .data import synthetic
+
+        return {"synthetic": synthetic.spec(seed=0), "generator": synthetic.GENERATOR_VERSION}
+    return {"data_root": str(profile.data_root)}
+
+
+def _init_spec(init) -> dict:
+    if init is None:
+        return {"init": None}
+    from .train import resolve_init_path
+
+    p = resolve_init_path(init)
+    st = p.stat()
+    return {"init": p.name, "init_size": st.st_size}
+
+
+def classifier(profile: Profile, *, init: str | None = "profile", progress: bool = True, **overrides):
+    """The trained classifier of ``profile``: ``(model, run_dir)``.
+
+    ``init="profile"`` starts from the profile's ``init_checkpoint`` (the tiny profile's shipped
+    pretrained weights, or the official ImageNet file for the paper profile); ``init=None``
+    trains from scratch; a path starts from that file. A finished run with the same
+    configuration is loaded instead of retrained; an unfinished one is resumed.
+    """
+    from .models import load_checkpoint
+    from .train import build_model_for_profile, train_classifier
+
+    prof = profile.replace(**overrides) if overrides else profile
+    init_arg = prof.init_checkpoint if init == "profile" else init
+    prof_run = prof.replace(init_checkpoint=init_arg)
+    keep = {k: v for k, v in prof_run.to_dict().items() if k not in ("device", "threads", "num_workers")}
+    spec = {"profile": keep, "data": _data_spec(prof_run), **_init_spec(init_arg), "version": __version__}
+    tag = "scratch" if init_arg is None else "init"
+    run_dir = artifacts_dir() / f"classifier-{prof.name}-{tag}-{config_hash(spec, 10)}"
+    done = run_dir / "DONE.json"
+    if not done.is_file():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "spec.json").write_text(json.dumps(spec, indent=2, default=str))
+        t0 = time.time()
+        summary = train_classifier(prof_run, run_dir, resume=True, init=init_arg, progress=progress)
+        summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
+        summary["wall_s_this_call"] = time.time() - t0
+        tmp = done.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+        os.replace(tmp, done)
+    else:
+        print(f"[cached] classifier {run_dir.name}")
+    model = build_model_for_profile(prof_run, init=None)
+    weights = run_dir / "final.pt" if (run_dir / "final.pt").is_file() else run_dir / "last.pt"
+    load_checkpoint(model, weights)
+    model.eval()
+    return model.to(get_device(prof.device)), run_dir
+
+
+def eval_dataset(profile: Profile, split: str | None = None):
+    """The evaluation split of ``profile`` in ``"infer"`` mode (image, labels, mask, id)."""
+    from .data.voc import VOCDataset
+
+    return VOCDataset(data_root(profile), split or profile.eval_split, mode="infer")
+
+
+def multiscale_variants(model, image, labels, *, variants: dict | None = None, scales: Sequence = (256, 512, 768),
+                        flip: bool = True, square: bool = True) -> dict:
+    """Normalised multi-scale CAMs of several refinement variants from **one** pass per input.
+
+    The same numbers as :func:`transcam_nb.cam.multiscale_cam` for each ``(method, blocks)``
+    (tested), but the network runs once per scale and flip with every block's attention kept
+    (cheap at tiny sizes; at paper sizes prefer ``multiscale_cam``'s streaming sum). Returns
+    ``{name: (cams [K, H, W], classes)}``.
+    """
+    from .cam import _present, _to_pil, normalize_cam, preprocess, scaled_size
+    from .refine import refine_cam
+
+    variants = variants or DEFAULT_VARIANTS
+    pil = _to_pil(image)
+    W, H = pil.size
+    device = next(model.parameters()).device
+    num_fg = int(model.num_classes) - 1
+    classes, weights = _present(labels, num_fg, device)
+    chan = torch.from_numpy(classes + 1).to(device)
+    sums = {name: torch.zeros((classes.size, H, W), dtype=torch.float32, device=device) for name in variants}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for s in scales:
+                h, w = scaled_size((H, W), s, square=square, patch=model.patch_size)
+                x = torch.from_numpy(preprocess(pil, (h, w)))[None]
+                xs = torch.cat([x, x.flip(-1)]) if flip else x
+                out = model(xs.to(device), return_attn=True)
+                cam = out.cam.float()
+                for name, (method, blocks) in variants.items():
+                    ref = refine_cam(cam, None if method == "none" else out.attn, method, blocks=blocks)
+                    for b in range(xs.shape[0]):
+                        m = F.interpolate(ref[b:b + 1, chan], size=(H, W), mode="bilinear", align_corners=False)[0]
+                        m = m * weights[:, None, None]
+                        sums[name].add_(m.flip(-1) if b == 1 else m)
+    finally:
+        model.train(was_training)
+    return {name: (normalize_cam(v).cpu().numpy(), classes) for name, v in sums.items()}
+
+
+def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, split: str | None = None,
+                      limit: int | None = None, taus: Sequence[float] | None = None, fixed_tau: float | None = None,
+                      cache_key: dict | str | None = None, progress: bool = True) -> dict:
+    """Pseudo-label quality of each refinement variant on a split: the τ sweep, the best τ (chosen
+    on ground truth, so optimistic) and the mIoU at a τ fixed in advance.
+
+    Returns ``{"variants": {name: {"taus", "mious", "best_tau", "best_miou", "fixed_tau",
+    "fixed_miou", "iou_fixed"}}, "num_images", "class_names"}``; cached as JSON when
+    ``cache_key`` (e.g. the classifier's run folder name) is given.
+    """
+    from tqdm.auto import tqdm
+
+    from .metrics import ThresholdSweep
+
+    variants = variants or DEFAULT_VARIANTS
+    taus = tuple(float(t) for t in (taus if taus is not None else np.round(np.arange(0.0, 0.91, 0.01), 2)))
+    fixed = float(profile.bg_threshold if fixed_tau is None else fixed_tau)
+    if fixed not in taus:
+        taus = tuple(sorted(set(taus) | {fixed}))
+
+    def compute():
+        ds = eval_dataset(profile, split)
+        n = len(ds) if limit is None else min(limit, len(ds))
+        K = len(ds.class_names)
+        sweeps = {name: ThresholdSweep(taus, num_classes=K + 1) for name in variants}
+        for i in tqdm(range(n), desc="CAMs", disable=not progress):
+            item = ds[i]
+            res = multiscale_variants(model, item.image, item.label, variants=variants, scales=profile.scales,
+                                      flip=profile.flip, square=profile.square)
+            for name, (cams, classes) in res.items():
+                sweeps[name].update(cams, classes, item.mask)
+        out = {"num_images": n, "class_names": list(ds.class_names), "variants": {}}
+        for name, sw in sweeps.items():
+            r = sw.result()
+            mious = [float(v) for v in r.miou]
+            j = taus.index(fixed)
+            out["variants"][name] = {
+                "taus": list(taus), "mious": mious, "best_tau": float(r.best_tau), "best_miou": float(r.best_miou),
+                "fixed_tau": fixed, "fixed_miou": mious[j], "iou_fixed": [float(v) for v in r.at(fixed).iou()],
+            }
+        return out
+
+    if cache_key is None:
+        return compute()
+    key = {"cache_key": cache_key, "variants": {k: list(map(str, v)) for k, v in variants.items()},
+           "split": split or profile.eval_split, "limit": limit, "taus": taus, "fixed": fixed,
+           "scales": list(profile.scales), "flip": profile.flip, "square": profile.square, "version": __version__}
+    path = artifacts_dir() / f"variants-{config_hash(key, 12)}.json"
+    return cached(path, key, compute)
+
+
+def variants_table(result: dict):
+    """The sweep result as a pandas DataFrame (percent), one row per variant."""
+    import pandas as pd
+
+    rows = []
+    for name, v in result["variants"].items():
+        rows.append({"variant": name, "best τ (GT-picked)": v["best_tau"], "mIoU at best τ (%)": 100 * v["best_miou"],
+                     "fixed τ": v["fixed_tau"], "mIoU at fixed τ (%)": 100 * v["fixed_miou"]})
+    return pd.DataFrame(rows).set_index("variant").round(2)

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# show the team's real VOC sample photographs in chapter 1 when the shared folder is beside the checkout
+if [ -z "${TRANSCAM_VOC_SAMPLE:-}" ] && [ -d ../shared/data/voc2012_sample/VOCdevkit/VOC2012 ]; then
+  export TRANSCAM_VOC_SAMPLE="$(cd ../shared/data/voc2012_sample/VOCdevkit/VOC2012 && pwd)"
+fi
 export MPLBACKEND=Agg TRANSCAM_PROFILE=${TRANSCAM_PROFILE:-tiny}
 start=$(date +%s)
 .venv/bin/jupyter-book build . --warningiserror --keep-going "$@"

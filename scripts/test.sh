@@ -1,7 +1,28 @@
 #!/usr/bin/env bash
-# Set up (first run) and run the whole test-suite: unit tests, golden equivalence, notebooks (nbval).
+# Set up (first run) and run the whole test-suite:
+#   1. unit tests, golden equivalence with the authors' code, CLI/resume tests  (pytest tests/)
+#   2. every notebook executed in the tiny profile                               (pytest --nbval-lax notebooks/)
+#   3. the book built with warnings as errors, then checked in headless Chromium (scripts/book.sh + tests/test_book_html.py)
+# With arguments, they go to pytest instead (e.g. `bash scripts/test.sh tests/test_models.py -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# show the team's real VOC sample photographs in chapter 1 when the shared folder is beside the checkout
+if [ -z "${TRANSCAM_VOC_SAMPLE:-}" ] && [ -d ../shared/data/voc2012_sample/VOCdevkit/VOC2012 ]; then
+  export TRANSCAM_VOC_SAMPLE="$(cd ../shared/data/voc2012_sample/VOCdevkit/VOC2012 && pwd)"
+fi
 export MPLBACKEND=Agg
-exec .venv/bin/python -m pytest "$@"
+PY=.venv/bin/python
+if [ $# -gt 0 ]; then
+  exec "$PY" -m pytest "$@"
+fi
+t0=$(date +%s)
+"$PY" -m pytest -q -ra tests/ --ignore=tests/test_book_html.py
+t1=$(date +%s)
+"$PY" -m pytest -q -ra -p no:cacheprovider --nbval-lax --nbval-current-env notebooks/
+t2=$(date +%s)
+bash scripts/book.sh
+t3=$(date +%s)
+"$PY" -m pytest -q -ra tests/test_book_html.py
+t4=$(date +%s)
+echo "[test] unit $((t1 - t0)) s, notebooks $((t2 - t1)) s, book $((t3 - t2)) s, browser $((t4 - t3)) s"

@@ -35,8 +35,7 @@ Options beyond the paper:
 * ``amp_dtype``: run the network under autocast (e.g. ``torch.bfloat16``); refinement, upsampling
   and fusion stay in float32.
 
-Preprocessing note: :func:`preprocess` is a small private copy of the normalisation (the data
-package's transforms provide the training-time version).
+Preprocessing: :func:`preprocess` resizes and calls the data package's ``normalize``.
 """
 from __future__ import annotations
 
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize  # noqa: F401 (re-exported)
 from .refine import METHODS, refine_cam, resolve_blocks
 
 __all__ = [
@@ -60,8 +60,6 @@ __all__ = [
     "multiscale_cam",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _LABEL_EPS = 1e-5  # a class is "present" when its label exceeds this (the authors' dict rule)
 
 
@@ -91,17 +89,14 @@ def preprocess(image, size_hw: tuple[int, int]) -> np.ndarray:
     """Resize (PIL bicubic) to ``size_hw`` and normalise as the authors: float32 ``[3, h, w]``.
 
     ``(x / 255 - mean) / std`` per channel is computed in float64 and stored as float32,
-    exactly as ``tool.imutils.Normalize`` does (REFERENCE.md §3; golden README).
+    exactly as ``tool.imutils.Normalize`` does (REFERENCE.md §3; golden README); the
+    normalisation is :func:`transcam_nb.data.transforms.normalize`.
     """
     from PIL import Image
 
     pil = _to_pil(image)
     h, w = int(size_hw[0]), int(size_hw[1])
-    arr = np.asarray(pil.resize((w, h), resample=Image.BICUBIC))
-    out = np.empty(arr.shape, np.float32)
-    for c in range(3):
-        out[..., c] = (arr[..., c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    return normalize(np.asarray(pil.resize((w, h), resample=Image.BICUBIC)))
 
 
 def scaled_size(orig_hw: tuple[int, int], scale: float, *, square: bool = True, patch: int = 16) -> tuple[int, int]:

@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..artifacts import atomic_path
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, color_jitter, normalize, random_crop
+from ..data.voc import load_rgb
+from ..pseudo import load_label_png
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -77,8 +81,6 @@ __all__ = [
     "prepare_image",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE = 255
 
 
@@ -635,14 +637,12 @@ def get_affinity_preset(name: str = "paper", **overrides) -> AffinityConfig:
 
 
 def _load_rgb(x, what: str) -> "np.ndarray":
-    from PIL import Image
-
+    """A path (read by :func:`transcam_nb.data.voc.load_rgb`) or a uint8 (H, W, 3) array."""
     if isinstance(x, (str, os.PathLike)):
         p = Path(x)
         if not p.is_file():
             raise FileNotFoundError(f"{what} {p} does not exist")
-        with Image.open(p) as im:
-            return np.array(im.convert("RGB"))
+        return np.array(load_rgb(p))
     a = np.asarray(x)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"{what} must be a path or a uint8 (H, W, 3) array, got {a.dtype} {a.shape}")
@@ -650,41 +650,20 @@ def _load_rgb(x, what: str) -> "np.ndarray":
 
 
 def _load_label(x, what: str) -> "np.ndarray":
-    from PIL import Image
-
+    """A path (an 8-bit L/P PNG, read by :func:`transcam_nb.pseudo.load_label_png`) or an
+    integer (H, W) array."""
     if isinstance(x, (str, os.PathLike)):
         p = Path(x)
         if not p.is_file():
             raise FileNotFoundError(f"{what} {p} does not exist")
-        with Image.open(p) as im:
-            if im.mode not in ("L", "P"):
-                raise ValueError(f"{what} {p} must be a single-channel 8-bit label PNG (mode L or P), got mode {im.mode}")
-            return np.array(im)
+        try:
+            return load_label_png(p)
+        except ValueError as e:
+            raise ValueError(f"{what}: {e}") from None
     a = np.asarray(x)
     if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"{what} must be a path or an integer (H, W) array, got {a.dtype} {a.shape}")
     return a.astype(np.uint8)
-
-
-def _color_jitter(img, factors: tuple, rng: np.random.Generator):
-    """torchvision's ColorJitter(b, c, s, h) with the random draws taken from ``rng``."""
-    import torchvision.transforms.functional as TF
-    from PIL import Image
-
-    b, c, s, h = factors
-    pil = Image.fromarray(img)
-    ops = []
-    if b:
-        ops.append(lambda im, f=rng.uniform(max(0.0, 1 - b), 1 + b): TF.adjust_brightness(im, f))
-    if c:
-        ops.append(lambda im, f=rng.uniform(max(0.0, 1 - c), 1 + c): TF.adjust_contrast(im, f))
-    if s:
-        ops.append(lambda im, f=rng.uniform(max(0.0, 1 - s), 1 + s): TF.adjust_saturation(im, f))
-    if h:
-        ops.append(lambda im, f=rng.uniform(-h, h): TF.adjust_hue(im, f))
-    for i in rng.permutation(len(ops)):
-        pil = ops[i](pil)
-    return np.asarray(pil)
 
 
 class AffinityDataset(torch.utils.data.Dataset):
@@ -756,42 +735,19 @@ class AffinityDataset(torch.utils.data.Dataset):
                 f"item {index}: image {img.shape[:2]}, la {la.shape} and ha {ha.shape} must have the same size"
             )
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        if self.color_jitter:
-            img = _color_jitter(img, self.color_jitter, rng)
+        if self.color_jitter:  # torchvision's ColorJitter(b, c, s, h), draws from rng
+            from PIL import Image
+
+            img = np.asarray(color_jitter(Image.fromarray(img), rng, *self.color_jitter))
         # joint random crop, zero padded (PSA RandomCrop semantics)
-        cs = self.crop_size
-        h, w = img.shape[:2]
         stack = np.concatenate([img, la[..., None], ha[..., None]], axis=-1)
-        out = np.zeros((cs, cs, 5), np.uint8)
-        ch, cw = min(cs, h), min(cs, w)
-        def offsets(n):
-            space = n - cs
-            if space > 0:
-                return 0, int(rng.integers(space + 1))  # (container offset, image offset)
-            return int(rng.integers(-space + 1)), 0
-        cy, iy = offsets(h)
-        cx, ix = offsets(w)
-        out[cy : cy + ch, cx : cx + cw] = stack[iy : iy + ch, ix : ix + cw]
+        (out,) = random_crop([stack], [0], self.crop_size, rng)
         if self.flip and rng.random() < 0.5:
             out = out[:, ::-1]
-        x = out[..., :3].astype(np.float32) / 255.0
-        x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+        x = normalize(out[..., :3])  # [3, crop, crop] float32
         s = self.label_stride
         lab = affinity_labels(out[::s, ::s, 3], out[::s, ::s, 4])
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), torch.from_numpy(np.ascontiguousarray(lab))
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(lab))
 
 
 def load_affinity_checkpoint(model: AffinityNet, path, map_location="cpu") -> dict:
@@ -875,19 +831,18 @@ def train_affinity(
         torch.manual_seed(cfg.seed)
 
     def save_last():
-        _atomic_save(
-            dict(
-                model=model.state_dict(),
-                optimizer=opt.state_dict(),
-                step=step,
-                max_step=max_step,
-                history=history,
-                config=cfg.to_dict(),
-                rng_cpu=torch.get_rng_state(),
-                rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            ),
-            last_path,
+        state = dict(
+            model=model.state_dict(),
+            optimizer=opt.state_dict(),
+            step=step,
+            max_step=max_step,
+            history=history,
+            config=cfg.to_dict(),
+            rng_cpu=torch.get_rng_state(),
+            rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         )
+        with atomic_path(last_path) as tmp:
+            torch.save(state, tmp)
 
     model.train()
     done_here = 0
@@ -931,7 +886,8 @@ def train_affinity(
     save_last()
     final = None
     if step >= max_step:
-        _atomic_save(model.state_dict(), final_path)
+        with atomic_path(final_path) as tmp:
+            torch.save(model.state_dict(), tmp)
         final = final_path
     return {"step": step, "max_step": max_step, "history": history, "last": last_path, "final": final}
 
@@ -984,8 +940,7 @@ def prepare_image(image, stride: int = 8, device=None) -> torch.Tensor:
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {a.dtype} {a.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255).permute(2, 0, 1)
-    x = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x = torch.from_numpy(normalize(a))
     h, w = a.shape[:2]
     ph, pw = -h % stride, -w % stride
     x = F.pad(x, (0, pw, 0, ph))

@@ -35,6 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..pseudo import score_tensor
+
 __all__ = [
     "CRFPreset",
     "CRF_PRESETS",
@@ -177,8 +179,10 @@ def _check_image(image, name: str = "image") -> np.ndarray:
         raise ValueError(f"{name} must have shape (H, W, 3) (RGB, channels last), got {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"{name} is empty: shape {image.shape}")
-    # pydensecrf keeps a pointer to the buffer: it must be C-contiguous (a copy when it is not)
-    return np.ascontiguousarray(image)
+    # pydensecrf keeps a pointer to the buffer: it must be C-contiguous and writable (it rejects
+    # read-only arrays such as np.asarray(PIL image)), so copy when it is not
+    image = np.ascontiguousarray(image)
+    return image if image.flags.writeable else image.copy()
 
 
 def _check_labels(labels, n_labels: int, hw: tuple[int, int]) -> np.ndarray:
@@ -316,15 +320,13 @@ def _check_cams(cams, classes, hw: tuple[int, int] | None, num_classes: int):
 def labels_from_cams(cams, classes, threshold: float, num_classes: int = 20) -> np.ndarray:
     """Hard labels before the CRF (REFERENCE.md §3, Eq. 7–8): a constant ``threshold`` in
     channel 0, CAM of class ``k`` in channel ``k+1``, argmax. Ties go to the lower channel
-    (background first), as ``np.argmax``. Returns uint8 (H, W) with values in 0..num_classes."""
+    (background first), as ``np.argmax``. Returns uint8 (H, W) with values in 0..num_classes.
+
+    The score tensor is :func:`transcam_nb.pseudo.score_tensor` (Eq. 7, the authors'
+    ``(num_classes + 1)``-channel tensor; absent classes score 0)."""
     cams, classes = _check_cams(cams, classes, None, num_classes)
-    scores = np.empty((len(classes) + 1,) + cams.shape[1:], np.float32)
-    scores[0] = threshold
-    order = np.argsort(classes, kind="stable")  # channel order = label order, as the 21-channel tensor
-    scores[1:] = cams[order]
-    idx = np.argmax(scores, axis=0)
-    lut = np.array([0] + [classes[i] + 1 for i in order], dtype=np.int64)
-    return lut[idx].astype(np.uint8 if num_classes < 256 else np.int64)
+    scores = score_tensor(cams, classes, threshold, num_fg=num_classes, shape=cams.shape[1:])
+    return scores.argmax(0).astype(np.uint8 if num_classes < 256 else np.int64)
 
 
 def make_la_ha_labels(

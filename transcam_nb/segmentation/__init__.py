@@ -10,10 +10,7 @@ from .infer import (  # noqa: F401
     predict,
     predict_logits,
     predict_voc_test,
-    read_ids,
-    read_image,
     read_label,
-    save_label_png,
     voc_palette,
     voc_results_dir,
 )
@@ -30,8 +27,8 @@ from .train import (  # noqa: F401
 
 __all__ = [
     "DeepLab", "load_backbone_weights", "TEST_SCALES", "evaluate_segmentation", "export_voc_test",
-    "make_submission_archive", "predict", "predict_logits", "predict_voc_test", "read_ids",
-    "read_image", "read_label", "save_label_png", "voc_palette", "voc_results_dir", "SEG_PRESETS",
+    "make_submission_archive", "predict", "predict_logits", "predict_voc_test", "read_label",
+    "voc_palette", "voc_results_dir", "SEG_PRESETS",
     "SegConfig", "TrainResult", "get_seg_config", "joint_augment", "load_segmentation_model",
     "poly_lr", "train_segmentation",
 ]

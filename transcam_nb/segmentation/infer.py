@@ -26,26 +26,23 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+
+from ..artifacts import atomic_path, atomic_write
+from ..data.transforms import normalize
+from ..data.voc import load_mask, load_rgb, read_id_list, resolve_root
+from ..data.voc import voc_palette as _flat_voc_palette
+from ..pseudo import save_label_png
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "TEST_SCALES",
     "voc_palette",
-    "normalize_image",
-    "read_image",
     "read_label",
-    "read_ids",
-    "resolve_voc_root",
-    "save_label_png",
     "predict",
     "predict_logits",
     "evaluate_segmentation",
@@ -55,101 +52,38 @@ __all__ = [
     "make_submission_archive",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: the reference's test scales (REFERENCE.md §8)
 TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 # ----------------------------------------------------------------------------- small I/O
+# Reading and writing go through the package's one implementation of each: images
+# :func:`transcam_nb.data.voc.load_rgb`, masks :func:`transcam_nb.data.voc.load_mask`, id lists
+# :func:`transcam_nb.data.voc.read_id_list`, the devkit root :func:`transcam_nb.data.voc.resolve_root`,
+# label PNGs :func:`transcam_nb.pseudo.save_label_png`, ImageNet normalisation
+# :func:`transcam_nb.data.transforms.normalize`, atomic writes :mod:`transcam_nb.artifacts`.
 def voc_palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map as an ``[n, 3]`` uint8 array (index 0 black, 1 dark red,
-    …, 255 the light "void" colour). Built with the devkit's bit-interleaving rule: bit ``j`` of
-    the three lowest bit-triples of the index sets bit ``7 - j`` of R, G and B."""
-    pal = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        c, r, g, b = i, 0, 0, 0
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal[i] = (r, g, b)
-    return pal
+    """The PASCAL VOC colour map as an ``[n, 3]`` uint8 array (index 0 black, 1 dark red, …,
+    255 the light "void" colour): :func:`transcam_nb.data.voc.voc_palette` (a flat list)
+    reshaped to one row per index, the form ``palette[label]`` colouring needs."""
+    return np.asarray(_flat_voc_palette(n), dtype=np.uint8).reshape(n, 3)
 
 
-def resolve_voc_root(root: str | os.PathLike) -> Path:
-    """Return the folder that holds ``JPEGImages/``: ``root`` itself, ``root/VOC2012`` or
-    ``root/VOCdevkit/VOC2012``; a clear error otherwise."""
-    root = Path(root)
-    for cand in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
-        if (cand / "JPEGImages").is_dir():
-            return cand
-    raise FileNotFoundError(
-        f"no JPEGImages/ folder under {str(root)!r} (also tried VOC2012/ and VOCdevkit/VOC2012/); "
-        "expected the VOC 2012 devkit layout"
-    )
-
-
-def read_ids(path: str | os.PathLike) -> list[str]:
-    """Image ids from a list file: one per line (``ImageSets/Segmentation/*.txt``); the
-    authors' ``voc12/*.txt`` form (``/JPEGImages/<id>.jpg ...``) is accepted too."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"id list {str(path)!r} does not exist")
-    ids = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        tok = line.split()[0]
-        ids.append(Path(tok).stem if "/" in tok or tok.endswith(".jpg") else tok)
-    return ids
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An RGB image as ``[H, W, 3]`` uint8."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {str(path)!r} does not exist")
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+def _read_rgb(path) -> np.ndarray:
+    """An RGB image as a writable ``[H, W, 3]`` uint8 array (:func:`~transcam_nb.data.voc.load_rgb`)."""
+    return np.array(load_rgb(path), dtype=np.uint8)
 
 
 def read_label(path: str | os.PathLike, num_classes: int | None = None) -> np.ndarray:
-    """A label PNG as ``[H, W]`` uint8 class indices (255 = ignore).
+    """A label PNG as ``[H, W]`` uint8 class indices (255 = ignore), read by
+    :func:`transcam_nb.data.voc.load_mask` (indexed and single-channel PNGs hold the index
+    directly; an RGB PNG is mapped back through the VOC palette, an unknown colour raises a
+    ``ValueError`` naming the file).
 
-    Indexed (palette) and single-channel PNGs hold the index directly. An RGB PNG is mapped
-    back through the VOC palette; an unknown colour, or (with ``num_classes``) a value
-    ``>= num_classes`` other than 255, raises a ``ValueError`` naming the file.
+    With ``num_classes``, a value ``>= num_classes`` other than 255 raises a ``ValueError``
+    naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label {str(path)!r} does not exist")
-    with Image.open(path) as im:
-        if im.mode in ("P", "L"):
-            lab = np.asarray(im, dtype=np.uint8).copy()
-        elif im.mode in ("I", "I;16", "I;16B"):
-            arr = np.asarray(im)
-            if arr.max() > 255 or arr.min() < 0:
-                raise ValueError(f"label {str(path)!r} holds values outside 0..255")
-            lab = arr.astype(np.uint8)
-        elif im.mode in ("RGB", "RGBA"):
-            rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
-            code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-            pal = voc_palette().astype(np.int64)
-            pcode = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
-            lut = {int(c): i for i, c in enumerate(pcode)}
-            uniq, inv = np.unique(code, return_inverse=True)
-            unknown = [u for u in uniq.tolist() if u not in lut]
-            if unknown:
-                raise ValueError(
-                    f"label {str(path)!r} is an RGB image with colours that are not in the VOC "
-                    f"palette (e.g. #{unknown[0]:06x}); save labels as indexed or single-channel PNGs"
-                )
-            lab = np.array([lut[u] for u in uniq.tolist()], dtype=np.uint8)[inv].reshape(code.shape)
-        else:
-            raise ValueError(f"label {str(path)!r} has unsupported PNG mode {im.mode!r} (expected P, L or RGB)")
+    lab = load_mask(path)
     if num_classes is not None:
         bad = (lab >= num_classes) & (lab != 255)
         if bad.any():
@@ -158,47 +92,6 @@ def read_label(path: str | os.PathLike, num_classes: int | None = None) -> np.nd
                 f"a class index < {num_classes} nor the ignore value 255"
             )
     return lab
-
-
-def save_label_png(path: str | os.PathLike, label, palette: np.ndarray | None = None) -> Path:
-    """Write ``label`` (``[H, W]`` integers in 0..255) as an indexed PNG with the VOC palette
-    (or ``palette``), atomically (temp file in the same folder, then ``os.replace``)."""
-    path = Path(path)
-    if hasattr(label, "detach"):
-        label = label.detach().cpu().numpy()
-    label = np.asarray(label)
-    if label.ndim != 2:
-        raise ValueError(f"label for {str(path)!r} must be 2-D [H, W], got shape {label.shape}")
-    if label.size and (label.min() < 0 or label.max() > 255):
-        raise ValueError(f"label for {str(path)!r} holds values outside 0..255")
-    im = Image.fromarray(np.ascontiguousarray(label.astype(np.uint8)))  # mode "L"
-    pal = voc_palette() if palette is None else np.asarray(palette, dtype=np.uint8)
-    im.putpalette(pal.reshape(-1).tolist())  # turns the "L" image into an indexed "P" image
-    if im.mode != "P":  # pragma: no cover - Pillow behaviour guard
-        raise RuntimeError(f"could not make an indexed PNG for {str(path)!r} (mode {im.mode})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        im.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def normalize_image(image: np.ndarray) -> torch.Tensor:
-    """``[H, W, 3]`` uint8 RGB → ``[3, H, W]`` float32, ImageNet mean/std normalised (as the
-    reference's DeepLab data pipeline)."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be an [H, W, 3] uint8 array, got shape {image.shape} dtype {image.dtype}")
-    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (x - mean) / std
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -237,9 +130,12 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, scales: Sequence[f
         raise ValueError("scales must name at least one scale")
     if any(s <= 0 for s in scales):
         raise ValueError(f"scales must be positive, got {tuple(scales)}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an [H, W, 3] uint8 array, got shape {image.shape} dtype {image.dtype}")
     model.eval()
     device = next(model.parameters()).device
-    x = normalize_image(image).unsqueeze(0).to(device)
+    x = torch.from_numpy(normalize(image)).unsqueeze(0).to(device)
     H, W = x.shape[-2:]
     acc = None
     n = 0
@@ -301,8 +197,9 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
     """Predict every image of ``ids`` with :func:`predict` and score it against the ground truth.
 
     Args:
-        root: the VOC folder holding ``JPEGImages/`` (see :func:`resolve_voc_root`).
-        ids: image ids (e.g. ``read_ids(root/"ImageSets/Segmentation/val.txt")``).
+        root: the VOC folder holding ``JPEGImages/`` (or a parent, see
+            :func:`transcam_nb.data.voc.resolve_root`).
+        ids: image ids (e.g. ``transcam_nb.data.voc.read_id_list(root/"ImageSets/Segmentation/val.txt")``).
         gt_dir: ground-truth PNGs (default ``<root>/SegmentationClass``).
         num_classes: classes of the metric (default: ``model.num_classes``, else 21).
         save_dir: if given, each prediction is written there as ``<id>.png`` (VOC palette) and
@@ -314,7 +211,7 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
     """
     from ..metrics import ConfusionMatrix
 
-    vroot = resolve_voc_root(root)
+    vroot = resolve_root(root)
     gt_dir = Path(gt_dir) if gt_dir is not None else vroot / "SegmentationClass"
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"ground-truth folder {str(gt_dir)!r} does not exist")
@@ -325,7 +222,7 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
     cm = ConfusionMatrix(num_classes=C, ignore_index=255)
     save_dir = Path(save_dir) if save_dir is not None else None
     for image_id in _progress(ids, len(ids), "evaluate", progress):
-        image = read_image(vroot / "JPEGImages" / f"{image_id}.jpg")
+        image = _read_rgb(vroot / "JPEGImages" / f"{image_id}.jpg")
         gt = read_label(gt_dir / f"{image_id}.png")
         if gt.shape != image.shape[:2]:
             raise ValueError(f"ground truth {image_id}.png has size {gt.shape}, image has {image.shape[:2]}")
@@ -342,16 +239,9 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
             "flip": bool(flip),
             "crf": crf if isinstance(crf, (str, bool)) or crf is None else str(crf),
         }
-        _atomic_write_text(save_dir / "metrics.json", json.dumps(summary, indent=2))
+        with atomic_write(save_dir / "metrics.json", "w") as f:
+            f.write(json.dumps(summary, indent=2))
     return cm
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- VOC server export
@@ -391,13 +281,13 @@ def predict_voc_test(model: torch.nn.Module, root: str | os.PathLike, out_dir: s
                      size_divisor: int = 1, amp: bool = False, progress: bool = True) -> Path:
     """Predict every image of a split (default ids: ``<root>/ImageSets/Segmentation/<split>.txt``)
     and export it with :func:`export_voc_test`. Returns the results folder."""
-    vroot = resolve_voc_root(root)
+    vroot = resolve_root(root)
     if ids is None:
-        ids = read_ids(vroot / "ImageSets" / "Segmentation" / f"{split}.txt")
+        ids = read_id_list(vroot / "ImageSets" / "Segmentation" / f"{split}.txt")
     ids = list(ids)
     C = getattr(model, "num_classes", 21)
     for image_id in _progress(ids, len(ids), f"{split} export", progress):
-        image = read_image(vroot / "JPEGImages" / f"{image_id}.jpg")
+        image = _read_rgb(vroot / "JPEGImages" / f"{image_id}.jpg")
         pred = predict(model, image, scales=scales, flip=flip, crf=crf, size_divisor=size_divisor, amp=amp)
         export_voc_test(pred, image_id, out_dir, comp=comp, split=split, num_classes=C)
     return voc_results_dir(out_dir, comp, split)
@@ -409,20 +299,13 @@ def make_submission_archive(out_dir: str | os.PathLike, comp: str = "comp6", spl
     start with ``results/``, as the server expects). Written atomically; returns its path."""
     out_dir = Path(out_dir)
     folder = voc_results_dir(out_dir, comp, split)
-    pngs = sorted(folder.glob("*.png"))
+    # hidden names are temporary files of an interrupted atomic write, never VOC ids
+    pngs = sorted(p for p in folder.glob("*.png") if not p.name.startswith("."))
     if not pngs:
         raise FileNotFoundError(f"no PNG predictions in {str(folder)!r}; run predict_voc_test first")
     archive = Path(archive) if archive is not None else out_dir / f"{comp}_{split}_results.tar.gz"
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=archive.name + ".", suffix=".tmp", dir=archive.parent)
-    os.close(fd)
-    try:
+    with atomic_path(archive) as tmp:
         with tarfile.open(tmp, "w:gz") as tar:
             for p in pngs:
                 tar.add(p, arcname=str(p.relative_to(out_dir)))
-        os.replace(tmp, archive)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return archive

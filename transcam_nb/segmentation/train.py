@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +47,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..artifacts import atomic_path, atomic_write
+from ..data.transforms import normalize, random_crop
+from ..data.voc import resolve_root
 from .deeplab import DeepLab
-from .infer import TEST_SCALES, read_image, read_label, resolve_voc_root
+from .infer import TEST_SCALES, _read_rgb, read_label
 
 __all__ = [
     "SegConfig",
@@ -171,14 +173,6 @@ def hsv_jitter(image: np.ndarray, dh: int, ds: int, dv: int) -> np.ndarray:
     return np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"), dtype=np.uint8)
 
 
-def _window(n: int, crop: int, rng: np.random.Generator) -> tuple[int, int, int]:
-    """(source start, destination start, length) of a random crop of size ``crop`` along an
-    axis of length ``n``; when ``n < crop`` the whole axis lands at a random offset."""
-    if n >= crop:
-        return int(rng.integers(0, n - crop + 1)), 0, crop
-    return 0, int(rng.integers(0, crop - n + 1)), n
-
-
 def joint_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: int,
                   scale: Sequence[float] = (0.5, 1.5), flip: bool = True, hsv: int = 10,
                   ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,6 +182,10 @@ def joint_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     bilinear, label nearest) → horizontal flip with probability 0.5 → ImageNet normalisation
     → ``crop × crop`` random crop, the image padded with 0 (the mean) and the label with
     ``ignore_index``. Returns ``([3, crop, crop] float32, [crop, crop] int64)``.
+
+    Normalisation and crop are :func:`transcam_nb.data.transforms.normalize` and
+    :func:`~transcam_nb.data.transforms.random_crop` (a window larger than the scaled image
+    places the image at a random offset in the padded canvas).
     """
     if image.shape[:2] != label.shape:
         raise ValueError(f"image size {image.shape[:2]} and label size {label.shape} differ")
@@ -203,17 +201,10 @@ def joint_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     if flip and rng.random() < 0.5:
         image = image[:, ::-1]
         label = label[:, ::-1]
-    from .infer import normalize_image
-
-    x = normalize_image(np.ascontiguousarray(image))
-    y = torch.from_numpy(np.ascontiguousarray(label).astype(np.int64))
-    sy, dy, ly = _window(nh, crop, rng)
-    sx, dx, lx = _window(nw, crop, rng)
-    out_x = torch.zeros(3, crop, crop, dtype=torch.float32)
-    out_y = torch.full((crop, crop), ignore_index, dtype=torch.int64)
-    out_x[:, dy:dy + ly, dx:dx + lx] = x[:, sy:sy + ly, sx:sx + lx]
-    out_y[dy:dy + ly, dx:dx + lx] = y[sy:sy + ly, sx:sx + lx]
-    return out_x, out_y
+    x = normalize(image).transpose(1, 2, 0)  # [h, w, 3] float32
+    y = label.astype(np.int64)  # int64 before padding, so any ignore_index fits
+    x, y = random_crop([x, y], [0.0, ignore_index], crop, rng)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), torch.from_numpy(y)
 
 
 class PseudoLabelDataset(torch.utils.data.Dataset):
@@ -227,7 +218,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
     def __init__(self, cfg: SegConfig, image_root: str | os.PathLike, pseudo_label_dir: str | os.PathLike,
                  ids: Sequence[str]):
         self.cfg = cfg
-        self.image_dir = resolve_voc_root(image_root) / "JPEGImages"
+        self.image_dir = resolve_root(image_root) / "JPEGImages"
         self.label_dir = Path(pseudo_label_dir)
         self.ids = list(ids)
         if not self.ids:
@@ -258,7 +249,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, g: int):
         image_id = self.ids[self.image_index(g)]
-        image = read_image(self.image_dir / f"{image_id}.jpg")
+        image = _read_rgb(self.image_dir / f"{image_id}.jpg")
         label = read_label(self.label_dir / f"{image_id}.png", num_classes=self.cfg.num_classes)
         if image.shape[:2] != label.shape:
             raise ValueError(
@@ -276,19 +267,6 @@ def build_model(cfg: SegConfig, load_pretrained: bool = True) -> DeepLab:
                    pretrained_path=cfg.pretrained_path if load_pretrained else None,
                    freeze_bn=cfg.freeze_bn, freeze_stem=cfg.freeze_stem,
                    head_bn_momentum=cfg.head_bn_momentum, dropout=cfg.dropout)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _read_checkpoint(path: Path) -> dict:
@@ -345,10 +323,8 @@ def _truncate_log(log_path: Path, upto: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue
-    fd, tmp = tempfile.mkstemp(prefix=log_path.name + ".", suffix=".tmp", dir=log_path.parent)
-    with os.fdopen(fd, "w") as f:
+    with atomic_write(log_path, "w") as f:
         f.write("".join(l + "\n" for l in keep))
-    os.replace(tmp, log_path)
 
 
 def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_label_dir: str | os.PathLike,
@@ -358,7 +334,8 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
 
     Args:
         cfg: a :class:`SegConfig` (``get_seg_config("paper")`` for the reference values).
-        image_root: folder holding ``JPEGImages/`` (or a devkit root, see ``resolve_voc_root``).
+        image_root: folder holding ``JPEGImages/`` (or a devkit root, see
+            :func:`transcam_nb.data.voc.resolve_root`).
         pseudo_label_dir: ``<id>.png`` pseudo labels (255 = ignore).
         ids: training image ids (the reference uses VOC ``train_aug``, 10,582 images).
         out_dir: receives ``last.pt`` (every ``cfg.ckpt_every`` iterations and at the end),
@@ -423,7 +400,8 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
         }
-        _atomic_save(state, ckpt_path)
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(state, tmp)
 
     end = cfg.iters if max_steps is None else min(cfg.iters, start + int(max_steps))
     trained = start < end
@@ -479,8 +457,9 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
             bar.close()
         start = itr
     if start >= cfg.iters and (trained or not model_path.exists()):
-        _atomic_save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "iteration": start,
-                      "model": model.state_dict()}, model_path)
+        with atomic_path(model_path) as tmp:
+            torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "iteration": start,
+                        "model": model.state_dict()}, tmp)
     model.config = cfg
     model.eval()
     return TrainResult(model=model, checkpoint=ckpt_path, model_path=model_path, log_path=log_path,

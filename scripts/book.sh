@@ -8,7 +8,7 @@ bash scripts/setup.sh
 if [ -z "${TRANSCAM_VOC_SAMPLE:-}" ] && [ -d ../shared/data/voc2012_sample/VOCdevkit/VOC2012 ]; then
   export TRANSCAM_VOC_SAMPLE="$(cd ../shared/data/voc2012_sample/VOCdevkit/VOC2012 && pwd)"
 fi
-export MPLBACKEND=Agg TRANSCAM_PROFILE=${TRANSCAM_PROFILE:-tiny}
+export TRANSCAM_PROFILE=${TRANSCAM_PROFILE:-tiny}
 start=$(date +%s)
 .venv/bin/jupyter-book build . --warningiserror --keep-going "$@"
 echo "[book] built in $(( $(date +%s) - start )) s -> _build/html/index.html"

@@ -11,7 +11,6 @@ bash scripts/setup.sh
 if [ -z "${TRANSCAM_VOC_SAMPLE:-}" ] && [ -d ../shared/data/voc2012_sample/VOCdevkit/VOC2012 ]; then
   export TRANSCAM_VOC_SAMPLE="$(cd ../shared/data/voc2012_sample/VOCdevkit/VOC2012 && pwd)"
 fi
-export MPLBACKEND=Agg
 PY=.venv/bin/python
 if [ $# -gt 0 ]; then
   exec "$PY" -m pytest "$@"

@@ -141,7 +141,8 @@ def classifier(profile: Profile, *, init: str | None = "profile", progress: bool
     else:
         print(f"[cached] classifier {run_dir.name}")
     model = build_model_for_profile(prof_run, init=None)
-    weights = run_dir / "final.pt" if (run_dir / "final.pt").is_file() else run_dir / "last.pt"
+    weights = next((run_dir / n for n in ("classifier.pt", "final.pt", "last.pt") if (run_dir / n).is_file()),
+                   run_dir / "classifier.pt")
     load_checkpoint(model, weights)
     model.eval()
     return model.to(get_device(prof.device)), run_dir

@@ -23,8 +23,11 @@ under-cover objects:
   part, not a single token. It sits towards one end of the body's major axis, 0.45–0.75 of
   the way to the rim (a head at one end of a body), so most of the object lies 2–6 tokens
   away from it. Tiles rotate by at most ±12°, and every emblem is symmetric under a
-  horizontal flip, so flip augmentation does not change the class. The class is carried by the *pattern*, not by a hue, so the paper's hue
-  jitter (±0.1 of the hue circle) cannot confuse classes.
+  horizontal flip, so flip augmentation does not change the class. The class is carried by the
+  *pattern* and by the emblem's *hue* (each class owns one saturated hue, evenly spaced on the
+  colour circle; the figure is drawn in it on a dark shade of the body colour). The hue was added
+  in generator version 3: with patterns alone a tiny Conformer did not learn the classes within
+  the book's CPU budget. The tiny profile therefore switches off hue jitter.
 * **The rest of the object is shared and ambiguous.** Bodies (elongated irregular blobs: an
   ellipse of aspect 0.4–0.75 with a random low-order Fourier wobble of the rim) take their size,
   shape, colour and texture from one distribution for all classes. Half of the images also
@@ -33,7 +36,7 @@ under-cover objects:
   "objectness": only the emblem is evidence, which pushes a GAP-trained CAM towards the part.
 * **Objects are coherent.** One object's body has one colour and one texture (stripes,
   checks or blotches of one period and orientation, low contrast), and its emblem is drawn
-  in a dark and a light shade of that same body colour. Body colours are kept away from the
+  on a dark shade of that same body colour. Body colours are kept away from the
   colours of the background regions and of the other objects of the image. Low-level
   affinity can therefore, in principle, spread a part's activation over its whole object,
   and stop at the object's boundary.
@@ -113,7 +116,7 @@ __all__ = [
     "check_consistency",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 #: Emblem names = class names, in class order (K = num_classes takes the first K).
 PART_PATTERNS: tuple[str, ...] = (
@@ -554,12 +557,14 @@ def render(seed: int = 0, split: str = "train", index: int = 0, image_size: int 
         colour = _pick_colour(rng, bg_colours + obj_colours)
         obj_colours.append(colour)
         _paint(img, win, a, _body_colour_field(rng, colour, yy, xx, S, win))
-        # emblem: dark and light shades of the body colour
+        # emblem: the class pattern, its figure in the class's own saturated hue on a dark shade
+        # of the body colour (version 3; version 2 used only body shades, which a tiny
+        # Conformer could not learn within the book's CPU budget: loss stayed at chance)
         py, px = pos
         ang = float(rng.uniform(-0.21, 0.21))
         pat = part_pattern(k, p, ang)
         dark = colour * float(rng.uniform(0.25, 0.4))
-        light = colour + (1 - colour) * float(rng.uniform(0.5, 0.7))
+        light = _hsv_to_rgb(k / num_classes, 0.9, float(rng.uniform(0.85, 1.0)))
         img[py : py + p, px : px + p] = dark[None, None] * (1 - pat[..., None]) + light[None, None] * pat[..., None]
         placed.append(dict(k=k, blob=blob, visible=full.copy(), visible0=float(full.sum()), part=(py, px, p)))
 

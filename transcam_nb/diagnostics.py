@@ -1,0 +1,453 @@
+"""Diagnostics for issue 8: is the attention affinity-like, and does the CAM under-cover?
+
+TransCAM (Eq. 5, ``M* = A* · M``) helps only if a token's attention row stays mostly on
+tokens of *its own* object (an object query gathers its object's scores) and a background
+token's row stays mostly on background (a background query gathers background, i.e. low,
+scores). And it is needed only if plain CAM under-covers objects (fires on the
+discriminative part). This module measures both on the embedded benchmark, whose instance
+masks (:mod:`transcam_nb.data.synthetic`) say which token belongs to which object.
+
+Attention diagnostic (per block ``l`` and for the sum over blocks, Eq. 3)
+    Every token ``j`` of the ``h × w`` grid gets its membership ``f_o(j)``: the share of its
+    pixels that belong to object ``o`` (``o = 0``: background, decoys included), measured on
+    the instance mask by area averaging. A *query* is an object token when ``f_o ≥ 0.5`` for
+    an object, a background token when ``f_0 ≥ 0.5`` (mixed tokens are not queries). For a
+    query ``i`` with row ``a = A*_l[i, :]`` (patch-to-patch part, Eq. 4), the share that stays
+    home is ``Σ_j a_j f_o(j) / Σ_j a_j``. Reported: the mean over all such queries of the
+    dataset, per block, for object queries (``obj_to_own``) and background queries
+    (``bg_to_bg``), and the same with uniform attention (``a_j`` constant) as a baseline.
+    Affinity-like attention has ``obj_to_own`` well above and ``bg_to_bg`` at or above its
+    uniform baseline; the from-scratch failure of TINY-FINDINGS is ``bg_to_bg`` far *below*
+    uniform in deep blocks (background looks at the objects, and ``A @ CAM`` paints it).
+
+CAM coverage / precision at a threshold ``t`` (normalised maps, as the pseudo labels see them)
+    ``coverage``: mean over objects of the fraction of the object's pixels where its class
+    map exceeds ``t`` (also on the emblem part and on the rest of the body, via
+    :func:`transcam_nb.data.synthetic.object_coverage`); ``precision``: over the dataset, the
+    fraction of above-``t`` pixels of each present class's map that lie on ground-truth
+    pixels of that class. Low coverage with high precision = the partial activation TransCAM
+    addresses; high coverage with low precision = over-spreading.
+
+:func:`evaluate_refinements` runs the whole comparison of issue 8 in one pass per image:
+one forward per scale and flip (with every block's attention), then each variant (CAM,
+TransCAM, AS, AD, ClsAttn, AttnAgg, rollout) is refined, fused over scales and flips and
+normalised exactly as :mod:`transcam_nb.cam` does (REFERENCE.md §3), and scored with the
+τ sweep of :mod:`transcam_nb.metrics`, a fixed τ, coverage/precision and the attention
+diagnostic.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = [
+    "VARIANTS",
+    "token_membership",
+    "attention_shares",
+    "AttentionDiagnostic",
+    "CoveragePrecision",
+    "attention_diagnostic",
+    "evaluate_refinements",
+]
+
+#: issue-8 variants: name -> (refine method, blocks)
+VARIANTS: dict[str, tuple[str, str]] = {
+    "cam": ("none", "AA"),
+    "transcam": ("transcam", "AA"),
+    "AS": ("transcam", "AS"),
+    "AD": ("transcam", "AD"),
+    "clsattn": ("clsattn", "AA"),
+    "attnagg": ("attnagg", "AA"),
+    "rollout": ("rollout", "AA"),
+}
+
+
+# --------------------------------------------------------------------------------------
+# attention diagnostic
+# --------------------------------------------------------------------------------------
+def token_membership(instance_mask: np.ndarray, num_objects: int, grid_hw: tuple[int, int]) -> np.ndarray:
+    """Share of each token's pixels that belong to each object: ``[1 + num_objects, h·w]``.
+
+    ``instance_mask``: H×W int (0 = background, ``o`` = object ``o``; other values are
+    treated as background); row 0 is the background share. Area averaging
+    (:func:`torch.nn.functional.adaptive_avg_pool2d`) maps the image onto the ``h × w`` grid,
+    so the grid need not divide the image size. Columns sum to 1.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    m = np.asarray(instance_mask).astype(np.int64)
+    if m.ndim != 2:
+        raise ValueError(f"instance_mask must be H×W, got shape {m.shape}")
+    m = np.where((m >= 0) & (m <= num_objects), m, 0)
+    onehot = F.one_hot(torch.from_numpy(m), num_objects + 1).permute(2, 0, 1).float()[None]
+    frac = F.adaptive_avg_pool2d(onehot, tuple(int(v) for v in grid_hw))[0]
+    return frac.reshape(num_objects + 1, -1).numpy().astype(np.float64)
+
+
+def attention_shares(attn: np.ndarray, membership: np.ndarray, min_query_frac: float = 0.5) -> dict:
+    """Home shares of one image's attention (see the module docstring).
+
+    ``attn``: ``[L, N, N]`` head-mean attention of L blocks (class token at 0, ``N = 1 + h·w``)
+    or ``[L, hw, hw]`` already patch-to-patch; ``membership``: ``[1 + n_obj, hw]`` from
+    :func:`token_membership`. Returns sums and counts (to pool over a dataset):
+    ``obj_sum [L]``, ``obj_uniform_sum``, ``obj_n``, ``bg_sum [L]``, ``bg_uniform_sum``, ``bg_n``.
+    """
+    a = np.asarray(attn, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    hw = membership.shape[1]
+    if a.shape[-1] == hw + 1:
+        a = a[:, 1:, 1:]
+    if a.shape[-1] != hw or a.shape[-2] != hw:
+        raise ValueError(f"attention is {a.shape} but the membership has {hw} tokens (expected [L, {hw + 1}, "
+                         f"{hw + 1}] or [L, {hw}, {hw}])")
+    L = a.shape[0]
+    a = a / np.clip(a.sum(-1, keepdims=True), 1e-12, None)  # share of the patch-to-patch mass
+    n_obj = membership.shape[0] - 1
+    obj_sum, bg_sum = np.zeros(L), np.zeros(L)
+    obj_u = bg_u = 0.0
+    obj_n = bg_n = 0
+    # object queries: tokens that are mostly one object
+    for o in range(1, n_obj + 1):
+        q = np.flatnonzero(membership[o] >= min_query_frac)
+        if q.size == 0:
+            continue
+        obj_sum += (a[:, q, :] @ membership[o]).sum(-1)
+        obj_u += q.size * membership[o].mean()
+        obj_n += q.size
+    q = np.flatnonzero(membership[0] >= min_query_frac)
+    if q.size:
+        bg_sum += (a[:, q, :] @ membership[0]).sum(-1)
+        bg_u += q.size * membership[0].mean()
+        bg_n += q.size
+    return dict(obj_sum=obj_sum, obj_uniform_sum=obj_u, obj_n=obj_n, bg_sum=bg_sum, bg_uniform_sum=bg_u, bg_n=bg_n)
+
+
+class AttentionDiagnostic:
+    """Pools :func:`attention_shares` over a dataset, per block and for the sum of all blocks."""
+
+    def __init__(self, depth: int = 12, min_query_frac: float = 0.5):
+        self.depth, self.min_query_frac = int(depth), float(min_query_frac)
+        self.obj = np.zeros(depth + 1)
+        self.bg = np.zeros(depth + 1)
+        self.obj_u = self.bg_u = 0.0
+        self.obj_n = self.bg_n = 0
+        self.images = 0
+
+    def update(self, attn: np.ndarray, membership: np.ndarray) -> "AttentionDiagnostic":
+        """``attn``: ``[depth, N, N]`` per-block head-mean attention of one image."""
+        a = np.asarray(attn, dtype=np.float64)
+        if a.shape[0] != self.depth:
+            raise ValueError(f"expected {self.depth} blocks of attention, got {a.shape[0]}")
+        a = np.concatenate([a, a.sum(0, keepdims=True)], 0)  # + the 12-block sum (Eq. 3)
+        s = attention_shares(a, membership, self.min_query_frac)
+        self.obj += s["obj_sum"]
+        self.bg += s["bg_sum"]
+        self.obj_u += s["obj_uniform_sum"]
+        self.bg_u += s["bg_uniform_sum"]
+        self.obj_n += s["obj_n"]
+        self.bg_n += s["bg_n"]
+        self.images += 1
+        return self
+
+    def result(self) -> dict:
+        o = self.obj / max(1, self.obj_n)
+        b = self.bg / max(1, self.bg_n)
+        half = self.depth // 2
+        return {
+            "images": self.images,
+            "object_queries": self.obj_n,
+            "background_queries": self.bg_n,
+            "obj_to_own": [round(float(v), 4) for v in o[: self.depth]],
+            "obj_to_own_sum": round(float(o[self.depth]), 4),
+            "obj_to_own_uniform": round(float(self.obj_u) / max(1, self.obj_n), 4),
+            "bg_to_bg": [round(float(v), 4) for v in b[: self.depth]],
+            "bg_to_bg_sum": round(float(b[self.depth]), 4),
+            "bg_to_bg_uniform": round(float(self.bg_u) / max(1, self.bg_n), 4),
+            "bg_to_bg_mean_shallow": round(float(b[:half].mean()), 4),
+            "bg_to_bg_mean_deep": round(float(b[half : self.depth].mean()), 4),
+            "obj_to_own_mean_shallow": round(float(o[:half].mean()), 4),
+            "obj_to_own_mean_deep": round(float(o[half : self.depth].mean()), 4),
+        }
+
+
+# --------------------------------------------------------------------------------------
+# coverage / precision
+# --------------------------------------------------------------------------------------
+class CoveragePrecision:
+    """Object coverage and class precision of normalised CAMs at a threshold, pooled over images."""
+
+    def __init__(self, threshold: float = 0.3):
+        self.threshold = float(threshold)
+        self.cov, self.part_cov, self.body_cov = [], [], []
+        self.hits = 0
+        self.above = 0
+
+    def update(self, cams: np.ndarray, classes: Sequence[int], gt: np.ndarray, objects: list[dict]) -> "CoveragePrecision":
+        """``cams`` ``[K, H, W]`` normalised maps of the present ``classes`` (0-based); ``gt`` the
+        class mask (0 bg, k+1 = class k); ``objects`` from :func:`synthetic.instance_masks`."""
+        from .data.synthetic import object_coverage
+
+        cams = np.asarray(cams)
+        classes = [int(c) for c in classes]
+        if cams.shape[0] != len(classes):
+            raise ValueError(f"{cams.shape[0]} maps for {len(classes)} classes")
+        num = max([o["class_index"] for o in objects] + classes + [0]) + 1
+        full = np.zeros((num,) + cams.shape[1:], np.float32)
+        for m, c in zip(cams, classes):
+            full[c] = m
+        for r in object_coverage(full, objects, self.threshold):
+            self.cov.append(r["coverage"])
+            self.part_cov.append(r["part_coverage"])
+            self.body_cov.append(r["body_coverage"])
+        for m, c in zip(cams, classes):
+            on = m > self.threshold
+            self.above += int(on.sum())
+            self.hits += int((on & (gt == c + 1)).sum())
+        return self
+
+    def result(self) -> dict:
+        nm = lambda v: round(float(np.nanmean(v)), 4) if len(v) else float("nan")
+        return {"threshold": self.threshold, "objects": len(self.cov), "coverage": nm(self.cov),
+                "part_coverage": nm(self.part_cov), "body_coverage": nm(self.body_cov),
+                "precision": round(self.hits / self.above, 4) if self.above else float("nan")}
+
+
+# --------------------------------------------------------------------------------------
+# runners
+# --------------------------------------------------------------------------------------
+def _dataset(root, split):
+    from .data.voc import VOCDataset
+
+    return VOCDataset(root, split, mode="infer", check_files=False)
+
+
+def attention_diagnostic(model, root, split: str = "val", *, size: int | None = None, limit: int | None = None,
+                         device=None, progress: bool = True) -> dict:
+    """The attention diagnostic of ``model`` (any number of outputs, e.g. a pretext checkpoint)
+    on the benchmark at ``root``: original images resized to ``size`` (default: their size)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .cam import preprocess
+    from .data.synthetic import load_instances
+    from .data.voc import load_mask
+
+    ds = _dataset(root, split)
+    inst = load_instances(ds.root)
+    device = device or next(model.parameters()).device
+    diag = AttentionDiagnostic(len(model.blocks))
+    n = len(ds) if limit is None else min(limit, len(ds))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in tqdm(range(n), desc="attention diagnostic", disable=not progress, dynamic_ncols=True):
+                s = ds[i]
+                H, W = s.image.shape[:2]
+                h, w = (size, size) if size else (H, W)
+                x = torch.from_numpy(preprocess(s.image, (h, w)))[None].to(device)
+                attn = model(x, return_attn=True).attn[:, 0].float().cpu().numpy()
+                objm = load_mask(ds.root / "SegmentationObject" / f"{s.id}.png")
+                mem = token_membership(objm, len(inst[s.id]["objects"]), (h // model.patch_size, w // model.patch_size))
+                diag.update(attn, mem)
+    finally:
+        model.train(was)
+    return diag.result()
+
+
+def evaluate_refinements(
+    model,
+    root,
+    split: str = "val",
+    *,
+    variants: Sequence[str] = tuple(VARIANTS),
+    scales: Sequence[int] = (128,),
+    flip: bool = True,
+    thresholds: Sequence[float] = tuple(i / 100 for i in range(91)),
+    fixed_taus: Sequence[float] = (0.25, 0.3),
+    coverage_threshold: float = 0.3,
+    limit: int | None = None,
+    device=None,
+    progress: bool = True,
+) -> dict:
+    """Score every refinement variant of a trained WSSS classifier on ``root``/``split``.
+
+    Per image and scale (square resize, as the authors), the original and its flip go through
+    the network once with every block's attention; each variant of :data:`VARIANTS` is
+    refined (:func:`transcam_nb.refine.refine_cam`), its present-class channels upsampled
+    to the image, multiplied by the image label, flipped back and summed over passes, then
+    ReLU + min-max normalised (:func:`transcam_nb.cam.normalize_cam`): the procedure of
+    :func:`transcam_nb.cam.multiscale_cam`, sharing the forward passes between variants.
+    The attention diagnostic uses the pass at the image's own size (else the first scale).
+
+    Returns a dict: per variant ``best_miou``, ``best_tau``, ``miou_at`` (fixed τs),
+    ``curve``, coverage/precision; plus ``attention`` and run facts.
+    """
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    from .cam import normalize_cam, preprocess, scaled_size
+    from .data.synthetic import instance_masks, load_instances
+    from .data.voc import load_mask
+    from .metrics import ThresholdSweep
+    from .refine import refine_cam
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    thr = sorted(set([round(float(t), 6) for t in thresholds] + [round(float(t), 6) for t in fixed_taus]))
+    ds = _dataset(root, split)
+    inst = load_instances(ds.root)
+    K = len(ds.class_names)
+    device = device or next(model.parameters()).device
+    n = len(ds) if limit is None else min(limit, len(ds))
+    sweeps = {v: ThresholdSweep(thr, num_classes=K + 1) for v in variants}
+    covs = {v: CoveragePrecision(coverage_threshold) for v in variants}
+    diag = AttentionDiagnostic(len(model.blocks))
+    t0 = time.perf_counter()
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in tqdm(range(n), desc="evaluate variants", disable=not progress, dynamic_ncols=True):
+                s = ds[i]
+                H, W = s.image.shape[:2]
+                classes = np.flatnonzero(s.label > 1e-5)
+                chan = torch.from_numpy(classes + 1)
+                wts = torch.from_numpy(s.label[classes].astype(np.float32))
+                sums = {v: torch.zeros((classes.size, H, W)) for v in variants}
+                diag_done = False
+                for si, sc in enumerate(scales):
+                    h, w = scaled_size((H, W), sc, square=True, patch=model.patch_size)
+                    x = torch.from_numpy(preprocess(s.image, (h, w)))[None]
+                    if flip:
+                        x = torch.cat([x, x.flip(-1)])
+                    out = model(x.to(device), return_attn=True)
+                    cam = out.cam.float().cpu()
+                    attn = out.attn.float().cpu()  # [L, B, N, N]
+                    if not diag_done and ((h, w) == (H, W) or si == len(scales) - 1):
+                        objm = load_mask(ds.root / "SegmentationObject" / f"{s.id}.png")
+                        mem = token_membership(objm, len(inst[s.id]["objects"]),
+                                               (h // model.patch_size, w // model.patch_size))
+                        diag.update(attn[:, 0].numpy(), mem)
+                        diag_done = True
+                    for v in variants:
+                        method, blocks = VARIANTS[v]
+                        r = refine_cam(cam, attn if method != "none" else None, method, blocks=blocks)
+                        m = F.interpolate(r[:, chan], size=(H, W), mode="bilinear", align_corners=False)
+                        m = m * wts[None, :, None, None]
+                        sums[v] += m[0]
+                        if flip:
+                            sums[v] += m[1].flip(-1)
+                gt = s.mask
+                objects = instance_masks(ds.root, s.id, inst)
+                for v in variants:
+                    cams = normalize_cam(sums[v]).numpy()
+                    sweeps[v].update(cams, classes, gt)
+                    covs[v].update(cams, classes, gt, objects)
+    finally:
+        model.train(was)
+    res = {"images": n, "split": split, "scales": list(scales), "flip": flip, "seconds": round(time.perf_counter() - t0, 1),
+           "attention": diag.result(), "variants": {}}
+    for v in variants:
+        sw = sweeps[v].result()
+        curve = {f"{t:.2f}": round(float(m), 4) for t, m in zip(sw.thresholds, sw.miou)}
+        res["variants"][v] = {
+            "best_miou": round(sw.best_miou, 4),
+            "best_tau": sw.best_tau,
+            "miou_at": {f"{t:.2f}": round(float(sw.at(t).miou()), 4) for t in fixed_taus},
+            "curve": curve,
+            **covs[v].result(),
+        }
+    return res
+
+
+def format_summary(res: dict) -> str:
+    """A short text table of :func:`evaluate_refinements` output."""
+    lines = []
+    base = res["variants"].get("cam", {}).get("best_miou")
+    for v, r in res["variants"].items():
+        d = "" if base is None else f"  Δ {100 * (r['best_miou'] - base):+5.1f}"
+        fx = " ".join(f"τ{t}:{m:.3f}" for t, m in r["miou_at"].items())
+        lines.append(f"{v:9s} best {r['best_miou']:.3f} (τ {r['best_tau']:.2f}){d}  {fx}  "
+                     f"cov {r['coverage']:.2f} (part {r['part_coverage']:.2f} body {r['body_coverage']:.2f}) "
+                     f"prec {r['precision']:.2f}")
+    a = res.get("attention")
+    if a:
+        lines.append("obj→own " + " ".join(f"{v:.2f}" for v in a["obj_to_own"]) +
+                     f" | sum {a['obj_to_own_sum']:.2f} (uniform {a['obj_to_own_uniform']:.2f})")
+        lines.append("bg→bg   " + " ".join(f"{v:.2f}" for v in a["bg_to_bg"]) +
+                     f" | sum {a['bg_to_bg_sum']:.2f} (uniform {a['bg_to_bg_uniform']:.2f})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# command line: python -m transcam_nb.diagnostics --checkpoint ... --data-root ... --json ...
+# --------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate a trained classifier (every variant + the attention diagnostic), or with
+    ``--attention-only`` any checkpoint of the profile's network (e.g. a pretext checkpoint)."""
+    import argparse
+
+    import torch
+
+    from .device import get_device, set_threads
+    from .models import create_model, load_checkpoint
+    from .models.checkpoints import read_state_dict
+    from .profiles import get_profile
+
+    p = argparse.ArgumentParser(prog="python -m transcam_nb.diagnostics", description=main.__doc__)
+    p.add_argument("--checkpoint", required=True, help="weights (state_dict or a dict with 'model')")
+    p.add_argument("--profile", default="tiny")
+    p.add_argument("--data-root", required=True, help="the benchmark folder (VOC layout, with instances.json)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--scales", default=None, help="comma-separated (default: the profile's)")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--fixed-taus", default=None, help="default: the profile's bg_threshold and 0.3")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--attention-only", action="store_true")
+    p.add_argument("--size", type=int, default=None, help="--attention-only: input size (default: the image's)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, help="write the results here")
+    args = p.parse_args(argv)
+
+    set_threads(args.threads)
+    prof = get_profile(args.profile)
+    sd = read_state_dict(args.checkpoint)
+    n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else prof.num_classes + 1
+    kw = dict(prof.model_overrides)
+    kw["drop_path_rate"] = 0.0
+    model = create_model(prof.model, num_classes=n_out, **kw)
+    load_checkpoint(model, sd, drop_mismatched_heads=False)
+    model.to(get_device(args.device)).eval()
+    if args.attention_only:
+        res = {"attention": attention_diagnostic(model, args.data_root, args.split, size=args.size, limit=args.limit)}
+    else:
+        scales = tuple(int(s) for s in args.scales.split(",")) if args.scales else tuple(prof.scales)
+        taus = tuple(float(t) for t in args.fixed_taus.split(",")) if args.fixed_taus else \
+            tuple(sorted({round(float(prof.bg_threshold), 2), 0.3}))
+        res = evaluate_refinements(model, args.data_root, args.split, variants=args.variants.split(","),
+                                   scales=scales, fixed_taus=taus, limit=args.limit)
+        print(format_summary(res))
+    res["checkpoint"] = str(args.checkpoint)
+    res["data_root"] = str(args.data_root)
+    if args.json:
+        from .artifacts import atomic_write
+
+        with atomic_write(Path(args.json), "w") as f:
+            json.dump(res, f, indent=1, sort_keys=True)
+    else:
+        print(json.dumps(res.get("attention"), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,6 +25,20 @@ call. Present stages:
 
         python -m transcam_nb evaluate --pred-dir runs/cams/cams --data-root VOCdevkit/VOC2012 \\
             --split train --fixed-tau 0.25 --sweep --json runs/cams/eval.json
+
+``train``
+    The classifier (Eq. 6; :mod:`transcam_nb.train`), resumable, under ``torchrun`` with DDP::
+
+        python -m transcam_nb train --profile tiny --out runs/cls        # generates the benchmark
+        python -m transcam_nb train --profile paper --voc-root VOCdevkit/VOC2012 \\
+            --init Conformer_small_patch16.pth --out runs/cls
+
+``pretrain``
+    The tiny profile's formula-driven pretraining (:mod:`transcam_nb.pretrain`).
+
+``pipeline``, ``crf``, ``affinity``, ``randomwalk``, ``segment``
+    The rest of the pipeline (:mod:`transcam_nb.pipeline`): every stage in order with
+    ``<out>/summary.json``, or one stage at a time.
 """
 from __future__ import annotations
 

@@ -264,3 +264,15 @@ def test_truncated_and_garbage_files(tmp_path):
     torch.save([1, 2, 3], lst)
     with pytest.raises(CheckpointError, match="expected a dict"):
         load_checkpoint(tiny(), lst)
+
+
+def test_backbone_only_file_keeps_the_model_heads(tmp_path):
+    """A file without any classifier head (e.g. heads deleted by hand) loads; heads keep their init."""
+    model = tiny()
+    sd = {k: v for k, v in model.state_dict().items() if "cls_head" not in k}
+    other = tiny()
+    head_before = other.conv_cls_head.weight.clone()
+    report = load_checkpoint(other, sd)
+    assert report["dropped_heads"] == []
+    torch.testing.assert_close(other.conv_cls_head.weight, head_before)
+    torch.testing.assert_close(other.cls_token, model.cls_token)

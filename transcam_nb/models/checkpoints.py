@@ -114,9 +114,10 @@ def load_checkpoint(model: nn.Module, source, *, drop_mismatched_heads: bool = T
                 [f"{k} file{list(a)} vs model{list(b)}" for k, a, b in misshaped]))
         lines.append("  (was the model built with the same name and overrides as the checkpoint?)")
         raise CheckpointError("\n".join(lines))
-    result = model.load_state_dict(sd, strict=not dropped)
-    if dropped:  # only the dropped heads may be missing
-        left = [k for k in result.missing_keys if k not in dropped]
+    heads_absent = [k for k in HEAD_KEYS if k in own and k not in sd]  # dropped, or not in the file
+    result = model.load_state_dict(sd, strict=not heads_absent)
+    if heads_absent:  # only the heads may be missing
+        left = [k for k in result.missing_keys if k not in heads_absent]
         if left or result.unexpected_keys:  # pragma: no cover - guarded above
             raise CheckpointError(f"checkpoint {name!r}: unexpected load result {result}")
     return {"file": name, "dropped_heads": dropped, "num_tensors": len(sd)}

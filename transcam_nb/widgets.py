@@ -85,32 +85,39 @@ class AblationExplorer:
                                  description="τ", continuous_update=False)
         self.image = W.IntSlider(value=0, min=0, max=max(0, (len(dataset) - 1) if dataset is not None else 0),
                                  description="image", continuous_update=False)
-        self.out = W.Output()
+        # views are rendered to plain HTML/PNG widgets (no Output-widget capture: executing an
+        # Output widget's captured display in a headless build hung the notebook client)
+        self.table_html = W.HTML()
+        self.curve_img = W.Image(format="png")
+        self.image_img = W.Image(format="png")
         self.last: dict = {}
         for w in (self.select, self.tau, self.image):
             w.observe(lambda change: self.render(), names="value")
-        controls = [self.select, self.tau] + ([self.image] if model is not None and dataset is not None else [])
-        self.widget = W.VBox([W.HBox(controls), self.out])
+        has_images = model is not None and dataset is not None
+        controls = [self.select, self.tau] + ([self.image] if has_images else [])
+        self.widget = W.VBox([W.HBox(controls), self.table_html, self.curve_img]
+                             + ([self.image_img] if has_images else []))
         self.render()
 
     def render(self) -> None:
+        import io
+
         import matplotlib.pyplot as plt
+
+        def png(fig) -> bytes:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+            plt.close(fig)
+            return buf.getvalue()
 
         names = list(self.select.value) or list(self.result["variants"])[:1]
         self.last = {"table": table_view(self.result, names, self.tau.value)}
-        with self.out:
-            self.out.clear_output(wait=True)
-            try:
-                from IPython.display import display
-
-                display(self.last["table"])
-                curve_view(self.result, names, self.tau.value)
-                plt.show()
-                if self.model is not None and self.dataset is not None:
-                    s = self.dataset[int(self.image.value)]
-                    fig, lab = image_view(self.model, self.profile, s, self.variants[names[0]], self.tau.value,
-                                          self.dataset.class_names)
-                    self.last["label_map"] = lab
-                    plt.show()
-            finally:
-                plt.close("all")
+        self.table_html.value = self.last["table"].to_html()
+        ax = curve_view(self.result, names, self.tau.value)
+        self.curve_img.value = png(ax.figure)
+        if self.model is not None and self.dataset is not None:
+            s = self.dataset[int(self.image.value)]
+            fig, lab = image_view(self.model, self.profile, s, self.variants[names[0]], self.tau.value,
+                                  self.dataset.class_names)
+            self.last["label_map"] = lab
+            self.image_img.value = png(fig)

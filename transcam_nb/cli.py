@@ -105,17 +105,22 @@ def _parse_floats(text: str, what: str) -> tuple:
     return tuple(int(v) if v.is_integer() and v >= 16 else v for v in vals)
 
 
-def _parse_model_args(items: Sequence[str] | None) -> dict:
+def parse_key_values(items: Sequence[str] | None, option: str = "--model-arg") -> dict:
+    """``["k=v", ...]`` → dict, each value parsed as JSON when it can be (else kept as a string)."""
     out = {}
     for it in items or []:
         if "=" not in it:
-            raise SystemExit(f"--model-arg must be key=value, got {it!r}")
+            raise SystemExit(f"{option} must be key=value, got {it!r}")
         k, v = it.split("=", 1)
         try:
             out[k] = json.loads(v)
         except ValueError:
             out[k] = v
     return out
+
+
+def _parse_model_args(items: Sequence[str] | None) -> dict:
+    return parse_key_values(items, "--model-arg")
 
 
 def _tau_dirname(tau: float) -> str:

@@ -1044,16 +1044,9 @@ def add_arguments(p, stage: str | None = None) -> None:
 
 
 def _parse_config_items(items) -> dict:
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise SystemExit(f"--config must be KEY=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except ValueError:
-            out[k] = v
-    return out
+    from .cli import parse_key_values
+
+    return parse_key_values(items, "--config")
 
 
 def run_cli(args) -> int:

@@ -21,7 +21,7 @@ from .checkpoints import CheckpointError, load_checkpoint, read_state_dict
 from .conformer import CONFIGS, Conformer, ConformerOutput, build_conformer
 
 __all__ = ["create_model", "list_models", "Conformer", "ConformerOutput", "CONFIGS", "CheckpointError",
-           "load_checkpoint", "read_state_dict", "count_parameters"]
+           "load_checkpoint", "read_state_dict", "count_parameters", "batchnorm_eval"]
 
 
 def create_model(name: str, *, num_classes: int | None = None, checkpoint=None, **overrides) -> Conformer:
@@ -37,6 +37,16 @@ def create_model(name: str, *, num_classes: int | None = None, checkpoint=None, 
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
+
+
+def batchnorm_eval(module) -> None:
+    """Put every BatchNorm layer under ``module`` in eval mode (frozen running statistics), as the
+    reference's AffinityNet and DeepLab do with their backbones after ``.train()``."""
+    import torch.nn as nn
+
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def list_models() -> list[str]:

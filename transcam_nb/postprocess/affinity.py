@@ -530,9 +530,9 @@ class AffinityNet(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.freeze_bn:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            from ..models import batchnorm_eval
+
+            batchnorm_eval(self.backbone)
         return self
 
     # -- forward ---------------------------------------------------------------------------

@@ -243,9 +243,9 @@ class DeepLab(nn.Module):
         """As ``nn.Module.train``, but frozen backbone BN layers stay in eval mode."""
         super().train(mode)
         if self.freeze_bn:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            from ..models import batchnorm_eval
+
+            batchnorm_eval(self.backbone)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

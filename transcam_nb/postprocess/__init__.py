@@ -2,6 +2,8 @@
 
 * :mod:`.crf` — dense CRF (pydensecrf2) with the authors' three parameter sets, and the
   la / ha label maps PSA trains on.
+* :mod:`.par` — PAR (AFA's pixel-adaptive refinement): local, image-guided propagation of CAMs
+  or probabilities in plain torch (batched, any device, no C++ build); can stand in for the CRF.
 * :mod:`.affinity` — PSA: AffinityNet (affinity labels, pairs, loss, training) and the
   random walk that turns CAMs into refined pseudo labels.
 
@@ -9,6 +11,7 @@ The CRF functions import the ``pydensecrf`` extension only when called, so this 
 imports without it.
 """
 from .crf import CRF_PRESETS, CRFPreset, crf_labels, crf_probs, get_crf_preset, labels_from_cams, make_la_ha_labels
+from .par import PAR_DEFAULT, PARConfig, par_affinity, par_labels, par_probs, par_refine
 from .affinity import (
     AFFINITY_PRESETS,
     AffinityConfig,
@@ -38,6 +41,12 @@ __all__ = [
     "get_crf_preset",
     "labels_from_cams",
     "make_la_ha_labels",
+    "PAR_DEFAULT",
+    "PARConfig",
+    "par_affinity",
+    "par_labels",
+    "par_probs",
+    "par_refine",
     "AFFINITY_PRESETS",
     "AffinityConfig",
     "AffinityDataset",

@@ -289,3 +289,18 @@ def test_errors_on_bad_json(tmp_path):
     ds = COCODataset(tmp_path, "train2017", mode="seg")
     with pytest.raises(ValueError, match=r"instances_train2017\.json says .*x17"):
         ds[0]
+
+
+def test_malformed_polygon_names_the_annotation(tmp_path):
+    write_instances(tmp_path, ids=IDS[:1])
+    path = tmp_path / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["segmentation"] = [[1, 2, "x", 4, 5, 6]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"annotation 1 has a malformed polygon"):
+        COCODataset(tmp_path, "train2017")
+    data["annotations"][0]["segmentation"] = [[1, 2, 3, 4, 5, 6, 7]]  # odd number of coordinates
+    path.write_text(json.dumps(data))
+    ds = COCODataset(tmp_path, "train2017", mode="seg")
+    with pytest.raises(ValueError, match=r"000000000030.*odd number of coordinates"):
+        ds[0]

@@ -362,6 +362,11 @@ class COCODataset(_LabelledImages):
                 raise ValueError(f"{where}: annotation {a.get('id')} has category_id {cid}, which is not in 'categories'")
             if iid not in images:
                 raise ValueError(f"{where}: annotation {a.get('id')} refers to image_id {iid}, which is not in 'images'")
+            if isinstance(seg, list):  # polygons as float32 arrays: a fraction of the memory of lists
+                try:
+                    seg = [np.asarray(poly, np.float32).reshape(-1) for poly in seg]
+                except (TypeError, ValueError):
+                    raise ValueError(f"{where}: annotation {a.get('id')} has a malformed polygon") from None
             self._anns[iid].append((index[cid] + 1, bool(a.get("iscrowd", 0)), seg))
         del data
 

@@ -402,7 +402,8 @@ class COCODataset(_LabelledImages):
         return self.image_dir / self._images[index][0]
 
     def mask_path(self, index: int) -> Path:
-        """The annotation file: every COCO image has a mask, rasterised from it."""
+        """The annotation file: every COCO image has a mask, rasterised from it (not a PNG:
+        read it with :meth:`mask`, not ``load_mask``)."""
         return self.annotation_file
 
     # -- masks and labels ----------------------------------------------------------------

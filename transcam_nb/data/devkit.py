@@ -39,7 +39,7 @@ __all__ = [
     "xml_labels",
 ]
 
-#: The 20 PASCAL VOC foreground classes, in the order of the label vector (REFERENCE.md §6).
+#: The 20 PASCAL VOC foreground classes, in the order of the label vector (docs/reference.md §6).
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -311,7 +311,7 @@ def load_mask(path) -> np.ndarray:
 
 def load_cls_labels(path, class_names: Sequence[str] = VOC_CLASSES, allow_pickle: bool = False) -> dict[str, np.ndarray]:
     """Image labels from a file: the authors' ``cls_labels.npy`` (a pickled dict id →
-    float32 (K,), REFERENCE.md §6: reading it executes pickle, so ``allow_pickle=True`` must be
+    float32 (K,), docs/reference.md §6: reading it executes pickle, so ``allow_pickle=True`` must be
     passed explicitly) or a JSON object ``{id: [class indices | class names]}`` or
     ``{id: multi-hot list of length K}``. Returns id → float32 (K,)."""
     path = Path(path)

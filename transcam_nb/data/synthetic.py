@@ -10,8 +10,8 @@ What problem it poses
 TransCAM (Li et al.) targets *partial activation*: a classification network's CAM fires on
 the most discriminative part of an object (a cat's face) and misses the rest, which is
 ambiguous for classification. Attention, acting as feature affinity, spreads the CAM to the
-rest of the object (paper Fig. 1, Eq. 5). A previous experiment on this machine
-(``TINY-FINDINGS``) found that with a coarse token grid and a single-token part a
+rest of the object (paper Fig. 1, Eq. 5). An earlier CPU experiment
+(``docs/tiny-findings.md`` part 1) found that with a coarse token grid and a single-token part a
 from-scratch CAM *over*-spreads instead, so this generator is built to make plain CAM
 under-cover objects:
 
@@ -71,9 +71,9 @@ Defaults and why
 ``image_size=160``: a 10×10 token grid at patch 16 (the experiment's 8×8 grid at 128 px made
 a one-token part body-sized after upsampling); 192 px costs about 2× per training step on
 this CPU against 128 px, 160 px about 1.5×. ``n_train=2000, n_val=200, n_test=200``: a
-from-scratch tiny Conformer converged in about 11 k images seen (TINY-FINDINGS), i.e. a few
-epochs over 2000 images, and 200 images give a stable dataset-level mIoU. Generation takes
-seconds on two cores and is cached on disk (:func:`ensure`).
+from-scratch tiny Conformer converged in about 11 k images seen (docs/tiny-findings.md
+part 1), i.e. a few epochs over 2000 images, and 200 images give a stable dataset-level
+mIoU. Generation takes seconds on two cores and is cached on disk (:func:`ensure`).
 
 Determinism: image ``i`` of split ``s`` is drawn from its own generator
 ``numpy.random.default_rng([seed, split_code(s), i])``, so it does not depend on the other
@@ -348,7 +348,7 @@ def instance_masks(root, image_id: str, instances: dict | None = None) -> list[d
 
 
 def object_coverage(cams: np.ndarray, objects: list[dict], threshold: float = 0.3) -> list[dict]:
-    """How much of each object a class map covers (the issue's "partial activation" measure).
+    """How much of each object a class map covers (the paper's "partial activation" measure).
 
     ``cams``: K×H×W class maps normalised to [0, 1] (channel k ↔ class k), ``objects``: from
     :func:`instance_masks`. Per object: ``coverage`` = fraction of its pixels where its class map

@@ -4,7 +4,7 @@ Every stage of the pipeline reads data through this module. Real users point it 
 (optionally augmented with SBD); the book and CI point it at the embedded benchmark
 (:mod:`transcam_nb.data.synthetic`), which is written in the same layout.
 
-Layout (REFERENCE.md §6). ``root`` is the folder that holds ``JPEGImages/`` (for VOC that is
+Layout (docs/reference.md §6). ``root`` is the folder that holds ``JPEGImages/`` (for VOC that is
 ``VOCdevkit/VOC2012``; a parent holding ``VOCdevkit/VOC2012`` is accepted too)::
 
     root/

@@ -1,5 +1,5 @@
 """The embedded benchmark: determinism, devkit layout, masks vs labels vs instances, the design
-properties the issue asks for, the cache (ensure), coverage helpers."""
+properties its design promises, the cache (ensure), coverage helpers."""
 from __future__ import annotations
 
 import json

@@ -18,22 +18,24 @@ import pytest
 import torch
 
 from transcam_nb.models import ConformerOutput, create_model, load_checkpoint
+from transcam_nb.models.factory import build_model_for_profile
 from transcam_nb.profiles import get_profile
-from transcam_nb.train import (
+from transcam_nb.engine import (
     LoopConfig,
     NonFiniteLossError,
     ResumableDistributedSampler,
-    average_precision,
-    build_model_for_profile,
-    classification_loss,
-    evaluate_classifier,
     load_training_checkpoint,
     lr_at,
     param_groups,
+    train_loop,
+)
+from transcam_nb.train import (
+    average_precision,
+    classification_loss,
+    evaluate_classifier,
     parse_set_overrides,
     read_metrics_log,
     train_classifier,
-    train_loop,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,7 +307,7 @@ def test_finished_run_is_not_retrained_and_changed_settings_refuse_to_resume(dat
 # ------------------------------------------------------------------------------------ non-finite loss
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
     prof = small_profile(data_root)
-    from transcam_nb.train import build_train_dataset
+    from transcam_nb.data.roots import build_train_dataset
 
     ds = build_train_dataset(prof, progress=False)
     model = build_model_for_profile(prof, verbose=False)
@@ -409,7 +411,7 @@ def test_tiny_profile_starts_from_its_package_weights():
     if not prof.init_checkpoint:
         pytest.skip("the tiny profile has no init_checkpoint")
     from transcam_nb.models import read_state_dict
-    from transcam_nb.train import resolve_init_path
+    from transcam_nb.weights import resolve_checkpoint as resolve_init_path
 
     try:
         path = resolve_init_path(prof.init_checkpoint)

@@ -459,7 +459,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from .profiles import get_profile
     from .models import CheckpointError
-    from .train import NonFiniteLossError, parse_set_overrides, train_classifier
+    from .engine import NonFiniteLossError
+    from .train import parse_set_overrides, train_classifier
 
     prof = get_profile(args.profile)
     try:

@@ -256,7 +256,7 @@ class PipelineContext:
     @property
     def data_root(self) -> Path:
         if "root" not in self._cache:
-            from .train import resolve_data_root
+            from .data.roots import resolve_data_root
 
             self._cache["root"] = Path(resolve_data_root(self.profile, progress=self.progress))
         return self._cache["root"]
@@ -441,7 +441,7 @@ def stage_classifier(ctx: PipelineContext) -> dict:
 def load_classifier(ctx: PipelineContext):
     """The stage-1 network in eval mode on the pipeline's device."""
     from .models import load_checkpoint
-    from .train import build_model_for_profile
+    from .models.factory import build_model_for_profile
 
     done = ctx.require("classifier")
     model = build_model_for_profile(ctx.profile.replace(drop_path_rate=0.0), init=None, num_classes=ctx.num_fg,
@@ -614,7 +614,7 @@ def stage_crf(ctx: PipelineContext) -> dict:
 # 4. AffinityNet
 # =============================================================================================
 def affinity_config(ctx: PipelineContext):
-    from .postprocess.affinity import get_affinity_preset
+    from .postprocess.affinity_train import get_affinity_preset
 
     over = dict(ctx.config.affinity_overrides)
     over.setdefault("seed", int(ctx.profile.seed))
@@ -632,7 +632,7 @@ def build_affinity_net(ctx: PipelineContext, load_pretrained: bool = True):
 def stage_affinity(ctx: PipelineContext) -> dict:
     """Stage 4: train AffinityNet on the la/ha pairs (``train_aff.py``, REFERENCE.md §7.1);
     resumes from ``affinity_last.pt``."""
-    from .postprocess.affinity import AffinityDataset, train_affinity
+    from .postprocess.affinity_train import AffinityDataset, train_affinity
 
     crf_done = ctx.require("crf")
     acfg = affinity_config(ctx)
@@ -672,7 +672,8 @@ def stage_randomwalk(ctx: PipelineContext) -> dict:
     REFERENCE.md §7.2), without (``rw/``) and with (``rw_crf/``) the final dense CRF."""
     import torch
 
-    from .postprocess.affinity import load_affinity_checkpoint, prepare_image, random_walk
+    from .postprocess.affinity import load_affinity_checkpoint
+    from .postprocess.random_walk import prepare_image, random_walk
     from .pseudo import load_cams, save_label_png
 
     aff_done = ctx.require("affinity")

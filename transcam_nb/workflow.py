@@ -86,7 +86,7 @@ def setup(profile: str | Profile | None = None, *, verbose: bool = True, **overr
 
 def data_root(profile: Profile) -> Path:
     """The dataset folder of ``profile`` (the embedded benchmark is generated on first use)."""
-    from .train import resolve_data_root
+    from .data.roots import resolve_data_root
 
     return Path(resolve_data_root(profile, progress=False))
 
@@ -102,9 +102,9 @@ def _data_spec(profile: Profile) -> dict:
 def _init_spec(init) -> dict:
     if init is None:
         return {"init": None}
-    from .train import resolve_init_path
+    from .weights import resolve_checkpoint
 
-    p = resolve_init_path(init)
+    p = resolve_checkpoint(init)
     st = p.stat()
     return {"init": p.name, "init_size": st.st_size}
 
@@ -118,7 +118,8 @@ def classifier(profile: Profile, *, init: str | None = "profile", progress: bool
     configuration is loaded instead of retrained; an unfinished one is resumed.
     """
     from .models import load_checkpoint
-    from .train import build_model_for_profile, train_classifier
+    from .models.factory import build_model_for_profile
+    from .train import train_classifier
 
     prof = profile.replace(**overrides) if overrides else profile
     init_arg = prof.init_checkpoint if init == "profile" else init

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import shared_path
-from transcam_nb.postprocess.affinity import (
+from transcam_nb.postprocess import (
     AFFINITY_PRESETS,
     AffinityDataset,
     AffinityNet,

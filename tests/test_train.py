@@ -423,3 +423,23 @@ def test_tiny_profile_starts_from_its_package_weights():
     body = [k for k in own if "cls_head" not in k]
     assert body and all(torch.equal(own[k], sd[k].to(own[k].dtype)) for k in body)
     assert own["conv_cls_head.weight"].shape[0] == prof.num_classes + 1
+
+
+def test_paper_profile_refuses_to_start_from_random_weights(tmp_path):
+    """Without init weights the paper profile stops before reading any data, naming --init;
+    from_scratch=True lets it through (here to the next error: the missing VOC folder)."""
+    from transcam_nb import cli
+    from transcam_nb.models.factory import MissingInitError
+
+    voc = tmp_path / "no_voc"
+    with pytest.raises(MissingInitError, match=r"init \(--init\).*from_scratch=True"):
+        train_classifier("paper", tmp_path / "run", data_root=voc, progress=False)
+    with pytest.raises(Exception) as e:
+        train_classifier("paper", tmp_path / "run", data_root=voc, progress=False, from_scratch=True)
+    assert not isinstance(e.value, MissingInitError)
+    with pytest.raises(SystemExit, match="--init"):
+        cli.main(["train", "--profile", "paper", "--out", str(tmp_path / "cli"), "--voc-root", str(voc)])
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        train_classifier("paper", tmp_path / "run", data_root=voc, init=tmp_path / "nope.pth", progress=False)
+    args = cli.build_parser().parse_args(["train", "--profile", "paper", "--out", "x", "--from-scratch"])
+    assert args.from_scratch

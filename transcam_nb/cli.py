@@ -438,6 +438,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cls-labels", default=None, help="image-label file: the authors' cls_labels.npy or JSON")
     p.add_argument("--allow-pickle", action="store_true", help="needed to read the authors' pickled cls_labels.npy")
     p.add_argument("--init", default=None, help="ImageNet Conformer checkpoint to start from (heads are dropped)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="allow the paper profile to start from random weights (it refuses without --init)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/last.pt when it exists (default: yes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -484,7 +486,8 @@ def run_train(args: argparse.Namespace) -> int:
             prof, args.out, resume=args.resume, init=args.init, max_steps=args.max_steps, data_root=args.data_root,
             sbd_root=args.sbd_root, cls_labels=args.cls_labels, allow_pickle=args.allow_pickle,
             log_every=args.log_every, checkpoint_minutes=args.checkpoint_minutes,
-            checkpoint_every_steps=args.checkpoint_every_steps, progress=not args.no_progress)
+            checkpoint_every_steps=args.checkpoint_every_steps, progress=not args.no_progress,
+            from_scratch=args.from_scratch)
     except NonFiniteLossError as e:
         print(f"[train] stopped: {e}", file=sys.stderr)
         return 3

@@ -132,6 +132,7 @@ class PipelineConfig:
     seg_labels: str = "rw_crf"  # "rw_crf" (the reference: infer_aff.py --crf True) or "rw"
     val_split: str | None = None
     val_limit: int | None = None
+    from_scratch: bool = False  # let paper-profile networks start from random weights (else they refuse)
 
     def replace(self, **changes) -> "PipelineConfig":
         known = {f.name for f in dataclasses.fields(self)}
@@ -430,7 +431,8 @@ def stage_classifier(ctx: PipelineContext) -> dict:
         from .train import train_classifier
 
         run_dir = ctx.stage_dir("classifier") / "run"
-        train_classifier(prof, run_dir, resume=True, max_steps=cfg.classifier_steps, progress=ctx.progress)
+        train_classifier(prof, run_dir, resume=True, max_steps=cfg.classifier_steps, progress=ctx.progress,
+                         from_scratch=cfg.from_scratch)
         weights = _classifier_weights(run_dir)
     else:
         weights = Path(mode).expanduser()
@@ -654,7 +656,8 @@ def stage_affinity(ctx: PipelineContext) -> dict:
                                       seed=acfg.seed)
     resuming = (d / "affinity_last.pt").is_file()
     model = build_affinity_net(ctx, load_pretrained=not resuming)
-    out = train_affinity(model, ds, acfg, out_dir=d, device=ctx.device, resume=True, progress=ctx.progress)
+    out = train_affinity(model, ds, acfg, out_dir=d, device=ctx.device, resume=True, progress=ctx.progress,
+                         from_scratch=ctx.config.from_scratch)
     if out["final"] is None:
         raise RuntimeError(f"AffinityNet training stopped at step {out['step']} of {out['max_step']}")
     hist = out["history"]
@@ -757,7 +760,7 @@ def stage_segment(ctx: PipelineContext) -> dict:
     t0 = time.time()
     labels = ctx.stage_dir("randomwalk") / ctx.config.seg_labels
     res = train_segmentation(scfg, ctx.data_root, labels, ctx.pseudo_ids(), d, device=ctx.device, resume=True,
-                             progress=ctx.progress)
+                             progress=ctx.progress, from_scratch=ctx.config.from_scratch)
     if res.iteration < scfg.iters:
         raise RuntimeError(f"DeepLab training stopped at iteration {res.iteration} of {scfg.iters}")
     model = load_segmentation_model(res.model_path, device=ctx.device)
@@ -1040,6 +1043,8 @@ def add_arguments(p, stage: str | None = None) -> None:
                    help="a shard that finishes first polls for the others (default: yes under torchrun)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 | auto (default: the profile's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--from-scratch", action="store_true", help="allow the paper profile's classifier, AffinityNet "
+                   "and DeepLab to start from random weights (they refuse without their init files)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(pipeline_stage=stage)
 
@@ -1068,6 +1073,8 @@ def run_cli(args) -> int:
         over["threads"] = args.threads
     prof = prof.replace(**over) if over else prof
     cover = _parse_config_items(args.config)
+    if args.from_scratch:
+        cover["from_scratch"] = True
     for flag, name in (("classifier", "classifier"), ("classifier_steps", "classifier_steps"),
                        ("pseudo_limit", "pseudo_limit"), ("val_limit", "val_limit")):
         v = getattr(args, flag)

@@ -68,7 +68,7 @@ from .data.roots import build_eval_dataset, build_train_dataset
 from .device import get_device, seed_everything, set_threads
 from .engine import (CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, append_jsonl, dist_env,
                      read_jsonl, train_loop, write_json)
-from .models.factory import build_model_for_profile, resolve_checkpoint
+from .models.factory import PROFILES_NEEDING_INIT, build_model_for_profile, require_init
 from .profiles import Profile, get_profile
 
 __all__ = [
@@ -168,6 +168,7 @@ def train_classifier(
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
     model: nn.Module | None = None,
+    from_scratch: bool = False,
     **overrides,
 ) -> dict:
     """Train the TransCAM classifier of ``profile`` (Eq. 6) into ``out_dir``; see the module docstring.
@@ -179,7 +180,9 @@ def train_classifier(
     ``cls_labels`` point at VOC (the tiny profile generates its benchmark when ``data_root`` is
     ``None``). ``checkpoint_minutes`` overrides the profile's; ``checkpoint_every_steps``
     adds step-based checkpoints. ``model`` trains a network you built (in place) instead of
-    building one from the profile. Returns :func:`train_loop`'s summary plus ``eval`` (mAP and
+    building one from the profile. The paper profile refuses to start from random weights
+    (:class:`~transcam_nb.models.factory.MissingInitError` naming ``init``) unless
+    ``from_scratch=True``. Returns :func:`train_loop`'s summary plus ``eval`` (mAP and
     exact-match accuracy on ``val_split`` when ``profile.final_eval``).
     """
     prof = get_profile(profile) if isinstance(profile, str) else profile
@@ -201,11 +204,11 @@ def train_classifier(
     rank, _, _ = dist_env()
     out_dir = Path(out_dir)
     resuming = resume and (out_dir / CHECKPOINT_NAME).is_file()
-    if prof.init_checkpoint and not resuming and model is None:  # fail before generating or reading data
-        p = resolve_checkpoint(prof.init_checkpoint)
-        if not p.is_file():
-            raise FileNotFoundError(f"init checkpoint {str(p)!r} does not exist (expected the official ImageNet "
-                                    f"Conformer file for {prof.model}, e.g. Conformer_small_patch16.pth)")
+    if not resuming and model is None:  # fail before generating or reading data
+        require_init(prof.init_checkpoint, who=f"profile {prof.name!r}: the classifier", argument="init (--init)",
+                     expected=f"the official ImageNet Conformer file for {prof.model}, e.g. "
+                              "Conformer_small_patch16.pth", from_scratch=from_scratch,
+                     needs_init=prof.name in PROFILES_NEEDING_INIT)
     dataset = build_train_dataset(prof, allow_pickle=allow_pickle, progress=progress and rank == 0)
     if model is None:
         seed_everything(prof.seed)  # the same initial weights on every process (DDP also broadcasts rank 0's)

@@ -22,15 +22,21 @@ from .checkpoints import HEAD_KEYS, load_checkpoint, read_state_dict
 if TYPE_CHECKING:  # pragma: no cover
     from ..profiles import Profile
 
-__all__ = ["build_model_for_profile", "resolve_checkpoint", "require_init", "MissingInitError"]
+__all__ = ["build_model_for_profile", "require_init", "MissingInitError",
+           "PROFILES_NEEDING_INIT"]
+
+#: profiles whose numbers assume pretrained initial weights: their classifier, AffinityNet and
+#: DeepLab refuse to start from random weights unless ``from_scratch=True`` (the tiny profile
+#: starts from its shipped pretext weights, or from scratch when its init is removed)
+PROFILES_NEEDING_INIT = ("paper",)
 
 
 class MissingInitError(ValueError):
     """A profile that needs pretrained initial weights was asked to train without them."""
 
 
-def require_init(init, *, profile_name: str, stage: str, argument: str, expected: str,
-                 from_scratch: bool = False, needs_init: bool = True) -> Path | None:
+def require_init(init, *, who: str, argument: str, expected: str, from_scratch: bool = False,
+                 needs_init: bool = True) -> Path | None:
     """The initial-weights path of a training stage, or an error naming what is missing.
 
     ``init`` is a path, ``"package:NAME"`` or ``None``. When it is ``None`` and the profile
@@ -42,7 +48,7 @@ def require_init(init, *, profile_name: str, stage: str, argument: str, expected
     if init is None or init == "":
         if needs_init and not from_scratch:
             raise MissingInitError(
-                f"profile {profile_name!r}: the {stage} would start from random weights; give {argument} "
+                f"{who} would start from random weights; give {argument} "
                 f"({expected}), or pass from_scratch=True (--from-scratch) to train from scratch on purpose")
         return None
     p = resolve_checkpoint(init)

@@ -22,16 +22,18 @@ Pieces, in pipeline order:
    without bias to 64 / 128 / 256 channels + ELU → concat (448) → 1×1 conv 448→448 + ELU. The
    affinity of two positions is ``exp(-mean_c |f_i - f_j|)``. Backbones: any timm model with
    ``features_only`` and ``output_stride=8`` (default ResNet-50), or the authors' wide
-   ResNet-38d (``backbone="resnet38"``, :mod:`.resnet38d`). BatchNorm is frozen, the earliest layers too.
+   ResNet-38d (``backbone="resnet38"``, :mod:`.resnet38d`). BatchNorm is frozen, the earliest
+   layers too.
 4. **Loss** (:func:`affinity_loss`): ``bg/4 + fg/4 + neg/2`` with ``-log(aff + 1e-5)`` on the
    positive pairs and ``-log(1 + 1e-5 - aff)`` on the negative ones.
-5. **Training** (:func:`transcam_nb.postprocess.affinity_train.train_affinity`, :class:`AffinityConfig`, :data:`AFFINITY_PRESETS`):
+5. **Training** (:mod:`.affinity_train`: :func:`train_affinity`, :class:`AffinityConfig`,
+   :data:`AFFINITY_PRESETS`):
    poly-lr SGD, the reference's parameter groups and augmentation. *Quirk*: the authors'
    ``PolyOptimizer`` takes ``momentum=0.9`` but uses it only as the poly power and never passes
    it to SGD, so the reference trains **without momentum**. The ``paper`` preset reproduces this
    (``momentum=0.0``, ``poly_power=0.9``); set ``momentum=0.9`` to get what the code seems to mean.
-6. **Random walk** (:func:`dense_affinity` here; :func:`~transcam_nb.postprocess.random_walk.transition_matrix`
-   and :func:`~transcam_nb.postprocess.random_walk.random_walk` in :mod:`.random_walk`):
+6. **Random walk** (:func:`dense_affinity` here; ``transition_matrix`` and ``random_walk`` in
+   :mod:`.random_walk`):
    ``T = colnorm(A^β)``, ``T ← T·T`` ``logt`` times (t = 2^logt = 128 steps), the
    (C+1)-channel CAM (channel 0 = constant 0.42) average-pooled to 1/8 is multiplied by ``T``,
    upsampled and arg-maxed (REFERENCE.md §7.2 steps 1–8; step 9, the CRF, is optional here).
@@ -316,6 +318,7 @@ class AffinityNet(nn.Module):
         self.backbone_name = backbone
         self.stride = int(output_stride)
         self.freeze_bn = freeze_bn
+        self.pretrained_path = None  # set by load_backbone: where the backbone's weights came from
         if backbone == "resnet38":
             if self.stride != 8:
                 raise ValueError(f"resnet38 has output stride 8, got output_stride={output_stride}")
@@ -378,6 +381,7 @@ class AffinityNet(nn.Module):
         """Load ImageNet weights for the backbone from a torch state-dict file (strict=False).
         Returns (missing, unexpected) keys; raises when no key matches."""
         sd = _read_state_dict(path)
+        self.pretrained_path = str(path)
         own = self.backbone.state_dict()
         usable = {k: v for k, v in sd.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
         if not usable:

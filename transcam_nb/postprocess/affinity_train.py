@@ -225,6 +225,7 @@ def train_affinity(
     resume: bool = True,
     stop_after: int | None = None,
     progress: bool = True,
+    from_scratch: bool = False,
 ) -> dict:
     """Train AffinityNet as ``train_aff.py`` (REFERENCE.md §7.1), in the package's one training
     loop (:func:`transcam_nb.engine.train_loop`, settings from :func:`affinity_loop_config`).
@@ -245,6 +246,9 @@ def train_affinity(
     ``ValueError``. ``stop_after`` ends this call after that many steps (for time-limited
     sessions; a later call resumes). Returns ``{"step", "max_step", "history", "last", "final"}``
     (``final`` is None until training is complete).
+
+    The ``paper`` preset refuses to train a network whose backbone was not loaded from ImageNet
+    weights (``AffinityNet(pretrained_path=...)``) unless ``from_scratch=True``.
     """
     from ..engine import RunFiles, StageSpec, train_loop
 
@@ -259,6 +263,14 @@ def train_affinity(
     if ds_stride is not None and ds_stride != model.stride:
         raise ValueError(f"dataset labels are at 1/{ds_stride} but the model's output stride is {model.stride}")
 
+    resuming = resume and (out_dir / files.checkpoint).is_file()
+    if not resuming and model.pretrained_path is None:
+        from ..models.factory import PROFILES_NEEDING_INIT, require_init
+
+        require_init(None, who=f"AffinityNet preset {cfg.name!r}", from_scratch=from_scratch,
+                     needs_init=cfg.name in PROFILES_NEEDING_INIT,
+                     argument="AffinityNet(pretrained_path=...) (pipeline: --config affinity_weights=FILE)",
+                     expected=f"an ImageNet state dict of the {model.backbone_name} backbone")
     history: list[dict] = []
     parts_box: dict = {}
 

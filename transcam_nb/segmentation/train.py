@@ -19,6 +19,9 @@ random crop (padded with 0 = the mean after normalisation for the image, 255 for
   OpenCV's 0–179 units (≈ ±20°) and converted, hue wraps around, S and V are clipped.
 * a crop window larger than the (scaled) image places the image at a random offset inside the
   padded 448×448 canvas.
+* the random rescale is bicubic like the authors' (``cv2.INTER_CUBIC``, reproduced with torch's
+  bicubic, :func:`resize_cubic`); multi-scale *inference*
+  (:func:`transcam_nb.segmentation.infer.predict`) rescales the normalised image bilinearly.
 * the reference fixes cudnn determinism; here ``deterministic`` is off by default (faster).
 * AMP (bf16, or fp16 with a GradScaler) on CUDA via :func:`transcam_nb.device.autocast`.
 
@@ -172,13 +175,24 @@ def hsv_jitter(image: np.ndarray, dh: int, ds: int, dv: int) -> np.ndarray:
     return np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"), dtype=np.uint8)
 
 
+def resize_cubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize of a uint8 ``[H, W, 3]`` image as OpenCV's ``INTER_CUBIC`` (the authors'
+    random rescale): Keys' kernel with ``a = -0.75``, pixel centres aligned (align_corners=False),
+    no anti-aliasing, rounded and clipped to uint8. (Pillow's BICUBIC differs: ``a = -0.5`` and
+    an anti-aliasing filter when shrinking.)"""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
+    y = F.interpolate(x, size=(int(height), int(width)), mode="bicubic", align_corners=False)
+    return y[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
 def joint_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: int,
                   scale: Sequence[float] = (0.5, 1.5), flip: bool = True, hsv: int = 10,
                   ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's training transform, applied jointly to image and label.
 
     HSV jitter (uniform integers in ``[-hsv, hsv]``) → random scale ``s ~ U(scale)`` (image
-    bilinear, label nearest) → horizontal flip with probability 0.5 → ImageNet normalisation
+    bicubic as the authors' ``cv2.INTER_CUBIC``, :func:`resize_cubic`; label nearest) → horizontal
+    flip with probability 0.5 → ImageNet normalisation
     → ``crop × crop`` random crop, the image padded with 0 (the mean) and the label with
     ``ignore_index``. Returns ``([3, crop, crop] float32, [crop, crop] int64)``.
 
@@ -195,7 +209,7 @@ def joint_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     h, w = label.shape
     nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
     if (nh, nw) != (h, w):
-        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        image = resize_cubic(image, nh, nw)
         label = np.asarray(Image.fromarray(label).resize((nw, nh), Image.NEAREST))
     if flip and rng.random() < 0.5:
         image = image[:, ::-1]
@@ -324,7 +338,8 @@ def seg_loop_config(cfg: SegConfig):
 
 def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_label_dir: str | os.PathLike,
                        ids: Sequence[str], out_dir: str | os.PathLike, device=None, resume: bool = True,
-                       max_steps: int | None = None, progress: bool = True) -> TrainResult:
+                       max_steps: int | None = None, progress: bool = True,
+                       from_scratch: bool = False) -> TrainResult:
     """Train DeepLab on pseudo labels with the reference schedule (REFERENCE.md §8), in the
     package's one training loop (:func:`transcam_nb.engine.train_loop`, settings from
     :func:`seg_loop_config`).
@@ -342,6 +357,8 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
             fields aside); ``False`` starts afresh and overwrites.
         max_steps: run at most this many iterations in this call (then checkpoint and return).
         progress: show a tqdm bar with the loss.
+        from_scratch: allow a backbone with frozen BatchNorm (the paper preset) to start from
+            random weights; without it such a config needs ``pretrained_path``.
     """
     from ..device import seed_everything
     from ..engine import RunFiles, StageSpec, append_jsonl, train_loop, truncate_log
@@ -355,6 +372,14 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
     dataset = PseudoLabelDataset(cfg, image_root, pseudo_label_dir, ids)
     resuming = resume and ckpt_path.is_file()
+    if not resuming:  # frozen BN statistics of an untrained backbone mean nothing: the paper preset needs weights
+        from ..models.factory import require_init
+
+        require_init(cfg.pretrained_path, who="DeepLab with a frozen-BatchNorm backbone (the paper preset)",
+                     argument="SegConfig.pretrained_path "
+                              "(pipeline: --config 'seg_overrides={\"pretrained_path\": \"FILE\"}')",
+                     expected=f"an ImageNet checkpoint of timm's {cfg.backbone}", from_scratch=from_scratch,
+                     needs_init=cfg.freeze_bn)
     model = build_model(cfg, load_pretrained=not resuming)
     if not resuming and log_path.exists():
         log_path.unlink()

@@ -158,8 +158,11 @@ def get_seg_config(name: str = "tiny", **overrides) -> SegConfig:
 
 
 def poly_lr(base_lr: float, itr: int, max_itr: int, power: float = 0.9) -> float:
-    """The reference's poly schedule: ``base_lr · (1 − itr / (max_itr + 1)) ** power`` (itr from 0)."""
-    return base_lr * (1.0 - itr / (max_itr + 1)) ** power
+    """The reference's poly schedule: ``base_lr · (1 − itr / (max_itr + 1)) ** power`` (itr from 0);
+    :func:`transcam_nb.engine.lr_at` with ``schedule="poly_deeplab"``, which the training uses."""
+    from ..engine import lr_at
+
+    return lr_at(itr, max_itr, base_lr, "poly_deeplab", power=power)
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -98,7 +98,7 @@ def resize_cubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
     random rescale): Keys' kernel with ``a = -0.75``, pixel centres aligned (align_corners=False),
     no anti-aliasing, rounded and clipped to uint8. (Pillow's BICUBIC differs: ``a = -0.5`` and
     an anti-aliasing filter when shrinking.)"""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).float()
+    x = torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
     y = F.interpolate(x, size=(int(height), int(width)), mode="bicubic", align_corners=False)
     return y[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 

@@ -169,7 +169,7 @@ def train_classifier(
     dataset = build_train_dataset(prof, allow_pickle=allow_pickle, progress=progress and rank == 0)
     if model is None:
         seed_everything(prof.seed)  # the same initial weights on every process (DDP also broadcasts rank 0's)
-        model = build_model_for_profile(prof, None if resuming else prof.init_checkpoint, num_classes=dataset.num_classes,
+        model = build_model_for_profile(prof, None if resuming else prof.init_checkpoint, num_fg=dataset.num_classes,
                                         verbose=rank == 0)
     cfg = LoopConfig.from_profile(prof, log_every=log_every, checkpoint_every_steps=checkpoint_every_steps)
     w_conv, w_trans = float(prof.w_conv), float(prof.w_trans)

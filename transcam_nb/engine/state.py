@@ -141,7 +141,7 @@ def load_training_checkpoint(path: str | os.PathLike, format: str = CHECKPOINT_F
     return read_checkpoint(path, what="training checkpoint", format=format)
 
 
-_PROFILE_TRAINING_FIELDS = ("model", "model_overrides", "dataset", "train_split", "num_classes", "crop_size",
+_PROFILE_TRAINING_FIELDS = ("model", "model_overrides", "dataset", "train_split", "num_fg", "crop_size",
                             "resize_long", "jitter", "w_conv", "w_trans", "drop_path_rate", "synthetic",
                             "label_source")
 

@@ -138,7 +138,7 @@ def load_classifier(ctx: PipelineContext):
     from ..models.factory import build_model_for_profile
 
     done = ctx.require("classifier")
-    model = build_model_for_profile(ctx.profile.replace(drop_path_rate=0.0), init=None, num_classes=ctx.num_fg,
+    model = build_model_for_profile(ctx.profile.replace(drop_path_rate=0.0), init=None, num_fg=ctx.num_fg,
                                     verbose=False)
     load_checkpoint(model, done["result"]["checkpoint"], drop_mismatched_heads=False)
     return model.to(ctx.device).eval()

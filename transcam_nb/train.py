@@ -52,7 +52,6 @@ whole training state; a run started again on the same folder continues from it. 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -66,14 +65,13 @@ from torch.utils.data import DataLoader
 
 from .data.roots import build_eval_dataset, build_train_dataset
 from .device import get_device, seed_everything, set_threads
-from .engine import (CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, append_jsonl, dist_env,
-                     read_jsonl, train_loop, write_json)
+from .artifacts import append_jsonl, read_jsonl, write_json
+from .config import Profile, get_profile
+from .engine import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, dist_env, train_loop
 from .models.factory import PROFILES_NEEDING_INIT, build_model_for_profile, require_init
-from .profiles import Profile, get_profile
 
 __all__ = [
     "classification_loss",
-    "parse_set_overrides",
     "train_classifier",
     "average_precision",
     "evaluate_classifier",
@@ -104,50 +102,6 @@ def classification_loss(out, labels: torch.Tensor, w_conv: float = 0.5, w_trans:
 
 
 # =========================================================================================
-# model and data from a profile
-# =========================================================================================
-def parse_set_overrides(items, profile: Profile) -> dict:
-    """``["lr=1e-4", "resize_long=[256,512]", "jitter=None"]`` → typed profile overrides.
-
-    Values are read as Python literals (numbers, ``None``, ``True``, lists, dicts; anything else is a
-    string) and coerced to the type of the profile's current value (a list becomes a tuple for a
-    tuple field, an int a float for a float field, ``true``/``false`` a bool). Unknown fields raise
-    ``ValueError`` listing the known ones.
-    """
-    import ast
-
-    known = {f.name for f in dataclasses.fields(profile)}
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValueError(f"--set expects KEY=VALUE, got {it!r}")
-        key, text = (t.strip() for t in it.split("=", 1))
-        key = key.replace("-", "_")
-        if key not in known:
-            raise ValueError(f"--set {key}: not a profile field; known fields: {', '.join(sorted(known))}")
-        try:
-            val = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            val = text
-        cur = getattr(profile, key)
-        if isinstance(cur, bool) and isinstance(val, str) and val.lower() in ("true", "false", "yes", "no", "1", "0"):
-            val = val.lower() in ("true", "yes", "1")
-        elif isinstance(cur, bool) and isinstance(val, int):
-            val = bool(val)
-        elif isinstance(cur, float) and isinstance(val, int) and not isinstance(val, bool):
-            val = float(val)
-        elif isinstance(cur, tuple) and isinstance(val, list):
-            val = tuple(val)
-        elif key in ("jitter", "resize_long", "scales", "crf_thresholds") and isinstance(val, list):
-            val = tuple(val)
-        if cur is not None and val is not None and not isinstance(val, type(cur)) and not (
-                isinstance(cur, float) and isinstance(val, (int, float))):
-            raise ValueError(f"--set {key}={text!r}: expected {type(cur).__name__} (like {cur!r})")
-        out[key] = val
-    return out
-
-
-# =========================================================================================
 # the classifier: thin wrapper
 # =========================================================================================
 def train_classifier(
@@ -173,7 +127,7 @@ def train_classifier(
 ) -> dict:
     """Train the TransCAM classifier of ``profile`` (Eq. 6) into ``out_dir``; see the module docstring.
 
-    ``profile`` is a :class:`~transcam_nb.profiles.Profile` or a name; ``overrides`` replace
+    ``profile`` is a :class:`~transcam_nb.config.Profile` or a name; ``overrides`` replace
     profile fields (``lr=1e-4``, ``batch_size=4``, ...). ``init`` (or the profile's
     ``init_checkpoint``) is the ImageNet Conformer file whose heads are dropped; ``max_steps``
     overrides the profile's budget (the lr schedule follows it). ``data_root`` / ``sbd_root`` /

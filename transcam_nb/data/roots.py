@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..profiles import Profile
+    from ..config import Profile
 
 __all__ = ["resolve_data_root", "build_train_dataset", "build_eval_dataset", "EvalTransform"]
 

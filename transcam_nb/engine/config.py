@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..profiles import Profile
+    from ..config import Profile
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CLASSIFIER_NAME", "METRICS_NAME", "SUMMARY_NAME",
            "NonFiniteLossError", "LoopConfig", "LR_SCHEDULES", "param_groups", "lr_at", "make_optimizer", "set_lr"]

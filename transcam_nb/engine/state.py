@@ -11,12 +11,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..artifacts import atomic_path, atomic_write
+from ..artifacts import atomic_path, read_jsonl, write_jsonl
+from ..artifacts import json_default as _json_default
 from ..models.checkpoints import read_checkpoint
 from .config import CHECKPOINT_FORMAT, LoopConfig
 
-__all__ = ["dist_env", "amp_setup", "append_jsonl", "read_jsonl", "truncate_log", "write_json",
-           "load_training_checkpoint"]
+__all__ = ["dist_env", "amp_setup", "truncate_log", "load_training_checkpoint"]
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -123,50 +123,11 @@ def _params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
-        f.flush()
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    out = []
-    if not path.is_file():
-        return out
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: drop it
-            continue
-    return out
-
-
 def truncate_log(path: Path, step: int, key: str = "step") -> None:
     """Keep only the log records with ``key`` <= ``step`` (a resumed run re-does the later ones)."""
     if not path.is_file():
         return
-    keep = [r for r in read_jsonl(path) if int(r.get(key, 0)) <= step]
-    with atomic_write(path, "w") as f:
-        for r in keep:
-            f.write(json.dumps(r, default=_json_default) + "\n")
-
-
-def write_json(path: Path, obj) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+    write_jsonl(path, [r for r in read_jsonl(path) if int(r.get(key, 0)) <= step])
 
 
 def _save_torch(path: Path, obj) -> None:

@@ -20,7 +20,7 @@ from . import create_model
 from .checkpoints import HEAD_KEYS, load_checkpoint, read_state_dict
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..profiles import Profile
+    from ..config import Profile
 
 __all__ = ["build_model_for_profile", "require_init", "MissingInitError",
            "PROFILES_NEEDING_INIT"]

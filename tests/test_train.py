@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from transcam_nb.models import ConformerOutput, create_model, load_checkpoint
-from transcam_nb.config import get_profile
 from transcam_nb.models.factory import build_model_for_profile
+from transcam_nb.config import get_profile
 from transcam_nb.engine import (
     LoopConfig,
     NonFiniteLossError,

@@ -45,7 +45,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time

@@ -10,8 +10,8 @@ import os
 import shlex
 import sys
 
-from .common import (UsageError, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile,
-                     add_runtime, add_set, add_shard, parse_shard, profile_from_args, register_stage)
+from .common import (UsageError, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_set,
+                     add_shard, parse_shard, profile_from_args, register_stage)
 
 log = logging.getLogger("transcam_nb.cli")
 
@@ -28,7 +28,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cls-labels", default=None, help="image-label file: the authors' cls_labels.npy or JSON")
     p.add_argument("--allow-pickle", action="store_true", help="needed to read the authors' pickled cls_labels.npy")
     add_init(p)
-    add_from_scratch(p)
+    add_from_scratch(p, "the paper profile's classifier")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/last.pt when it exists (default: yes)")
     add_set(p)
@@ -133,7 +133,7 @@ def _pipeline_args(p: argparse.ArgumentParser, stage: str | None = None) -> None
                    help="'workflow' (the classifier cache shared with the book, default), 'train' (train into "
                         "OUT/classifier) or a weights file")
     add_init(p)
-    add_from_scratch(p)
+    add_from_scratch(p, "the paper profile's classifier, AffinityNet and DeepLab")
     p.add_argument("--classifier-steps", type=int, default=None, help="step budget of the classifier training")
     p.add_argument("--pseudo-limit", type=int, default=None, help="only the first N pseudo-label images")
     p.add_argument("--val-limit", type=int, default=None, help="only the first N validation images")

@@ -8,8 +8,8 @@ random weights unless ``from_scratch=True`` is asked for explicitly.
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,7 @@ def build_model_for_profile(profile: "Profile", init: str | os.PathLike | None =
             sd[k] = own[k]
         report = load_checkpoint(model, sd, drop_mismatched_heads=False)
         if verbose:
-            print(f"[train] initialised {profile.model} from {init} ({report['num_tensors'] - len(HEAD_KEYS)} "
-                  f"tensors; heads dropped: {', '.join(dropped) or 'none in file'})", file=sys.stderr)
+            logging.getLogger("transcam_nb.models").info(
+                "[train] initialised %s from %s (%d tensors; heads dropped: %s)", profile.model, Path(init).name,
+                report["num_tensors"] - len(HEAD_KEYS), ", ".join(dropped) or "none in file")
     return model

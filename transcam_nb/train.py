@@ -65,10 +65,10 @@ from torch.utils.data import DataLoader
 
 from .data.roots import build_eval_dataset, build_train_dataset
 from .device import get_device, seed_everything, set_threads
-from .engine import (CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, append_jsonl, dist_env,
-                     read_jsonl, train_loop, write_json)
-from .models.factory import PROFILES_NEEDING_INIT, build_model_for_profile, require_init
+from .artifacts import append_jsonl, read_jsonl, write_json
 from .config import Profile, get_profile
+from .engine import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, dist_env, train_loop
+from .models.factory import PROFILES_NEEDING_INIT, build_model_for_profile, require_init
 
 __all__ = [
     "classification_loss",
@@ -101,9 +101,6 @@ def classification_loss(out, labels: torch.Tensor, w_conv: float = 0.5, w_trans:
     return F.multilabel_soft_margin_loss(logits[:, 1:], labels.float())
 
 
-# =========================================================================================
-# model and data from a profile
-# =========================================================================================
 # =========================================================================================
 # the classifier: thin wrapper
 # =========================================================================================

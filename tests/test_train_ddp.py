@@ -18,8 +18,9 @@ _SCRIPT = r"""
 import json, os, sys
 import torch
 torch.set_num_threads(1)
-from transcam_nb.profiles import get_profile
-from transcam_nb.train import build_model_for_profile, train_classifier
+from transcam_nb.config import get_profile
+from transcam_nb.models.factory import build_model_for_profile
+from transcam_nb.train import train_classifier
 cfg = json.loads(sys.argv[1])
 rank = int(os.environ["RANK"])
 prof = get_profile("tiny", **cfg["profile"])
@@ -41,7 +42,7 @@ def test_two_process_gloo_run(tmp_path):
                               n_test=0, num_classes=3)
     out = tmp_path / "ddp"
     out.mkdir()
-    prof = dict(model_overrides=SMALL_MODEL, init_checkpoint=None, num_classes=3, batch_size=4, crop_size=64, resize_long=[56, 80],
+    prof = dict(model_overrides=SMALL_MODEL, init_checkpoint=None, num_fg=3, batch_size=4, crop_size=64, resize_long=[56, 80],
                 data_root=str(root), max_steps=4, checkpoint_minutes=None, final_eval=False, synthetic=None,
                 threads=1, device="cpu")
     script = tmp_path / "ddp_script.py"

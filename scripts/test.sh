@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# chapter 1 shows the real VOC sample photographs shipped in tests/data (see tests/data/README.md)
+# chapters 1 and 4 show the real VOC / COCO sample photographs shipped in tests/data (tests/data/README.md)
 export TRANSCAM_VOC_SAMPLE="${TRANSCAM_VOC_SAMPLE:-$PWD/tests/data/voc2012_sample/VOCdevkit/VOC2012}"
+export TRANSCAM_COCO_SAMPLE="${TRANSCAM_COCO_SAMPLE:-$PWD/tests/data/coco128_seg/images/train2017}"
 PY=.venv/bin/python
 if [ $# -gt 0 ]; then
   exec "$PY" -m pytest "$@"

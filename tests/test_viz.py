@@ -44,3 +44,12 @@ def test_show_map_dispatches_on_dtype():
     ax2 = viz.show_map(IMG, CAM)
     assert len(ax2.images) == 2
     plt.close("all")
+
+
+def test_plot_stages_bars_in_order_with_the_papers_beside():
+    ax = viz.plot_stages({"CAM": 40.0, "TransCAM": 45.0, "DeepLab": 50.0}, paper={"DeepLab": 69.3})
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["CAM", "TransCAM", "DeepLab"]
+    heights = [round(p.get_height(), 1) for p in ax.patches]
+    assert heights == [40.0, 45.0, 50.0, 69.3]
+    plt.close("all")

@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["colorize_labels", "show_image", "show_cam", "show_labels", "show_map", "show_attention_point",
-           "image_grid", "image_mask_gallery", "label_row", "cam_gallery", "plot_curves", "plot_tau_curve"]
+           "image_grid", "image_mask_gallery", "label_row", "cam_gallery", "plot_stages", "plot_curves", "plot_tau_curve"]
 
 
 def _np(x):
@@ -207,6 +207,29 @@ def plot_tau_curve(curves: dict, ax=None, fixed_tau: float | None = None, title:
     ax.set_xlabel("background threshold τ")
     ax.set_ylabel("mIoU (%)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_stages(ours: Mapping[str, float], paper: Mapping[str, float] | None = None, ax=None,
+                title: str | None = None):
+    """mIoU (%) after each stage of the pipeline, in order, as bars; ``paper`` (same stage
+    names, a subset is fine) adds the paper's reported numbers as hollow bars beside them."""
+    ax = _ax(ax, figsize=(6.5, 3.2))
+    names = list(ours)
+    xs = np.arange(len(names))
+    width = 0.4 if paper else 0.6
+    bars = ax.bar(xs - (width / 2 if paper else 0), [ours[n] for n in names], width=width, label="ours")
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    if paper:
+        have = [i for i, n in enumerate(names) if n in paper]
+        ax.bar(xs[have] + width / 2, [paper[names[i]] for i in have], width=width, fill=False,
+               edgecolor="gray", hatch="//", label="paper (VOC 2012)")
+    ax.set_xticks(xs, names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from transcam_nb.models import ConformerOutput, create_model, load_checkpoint
-from transcam_nb.profiles import get_profile
+from transcam_nb.config import get_profile
 from transcam_nb.train import (
     LoopConfig,
     NonFiniteLossError,
@@ -30,7 +30,6 @@ from transcam_nb.train import (
     load_training_checkpoint,
     lr_at,
     param_groups,
-    parse_set_overrides,
     read_metrics_log,
     train_classifier,
     train_loop,
@@ -220,7 +219,7 @@ _KILL_SCRIPT = r"""
 import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
-from transcam_nb.profiles import get_profile
+from transcam_nb.config import get_profile
 from transcam_nb.train import train_classifier
 cfg = json.loads(sys.argv[1])
 prof = get_profile("tiny", **cfg["profile"])
@@ -370,19 +369,6 @@ def test_metrics_log_skips_a_line_cut_by_a_kill(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ CLI
-def test_parse_set_overrides_types():
-    prof = get_profile("tiny")
-    o = parse_set_overrides(["lr=1e-4", "resize_long=[64, 96]", "jitter=None", "batch-size=4", "compile=true",
-                             "lr_schedule=constant", "weight_decay=0", "model_overrides={'embed_dim': 32}"], prof)
-    assert o == {"lr": 1e-4, "resize_long": (64, 96), "jitter": None, "batch_size": 4, "compile": True,
-                 "lr_schedule": "constant", "weight_decay": 0.0, "model_overrides": {"embed_dim": 32}}
-    prof.replace(**o)
-    with pytest.raises(ValueError, match="not a profile field"):
-        parse_set_overrides(["learning_rate=1"], prof)
-    with pytest.raises(ValueError, match="expected int"):
-        parse_set_overrides(["batch_size=big"], prof)
-
-
 def test_cli_tiny_profile_generates_the_benchmark(tmp_path, monkeypatch, capsys):
     from transcam_nb import cli
 

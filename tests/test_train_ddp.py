@@ -18,7 +18,7 @@ _SCRIPT = r"""
 import json, os, sys
 import torch
 torch.set_num_threads(1)
-from transcam_nb.profiles import get_profile
+from transcam_nb.config import get_profile
 from transcam_nb.train import build_model_for_profile, train_classifier
 cfg = json.loads(sys.argv[1])
 rank = int(os.environ["RANK"])

@@ -88,10 +88,12 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from .artifacts import atomic_path, atomic_write
+from .artifacts import append_jsonl as _append_jsonl, json_default as _json_default  # noqa: F401
+from .artifacts import read_jsonl as _read_jsonl, write_json as _write_json  # noqa: F401
 from .device import get_device, seed_everything, set_threads
 from .models import create_model, load_checkpoint, read_state_dict
 from .models.checkpoints import HEAD_KEYS
-from .profiles import Profile, get_profile
+from .config import Profile, get_profile
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -101,7 +103,6 @@ __all__ = [
     "build_model_for_profile",
     "resolve_data_root",
     "resolve_init_path",
-    "parse_set_overrides",
     "build_train_dataset",
     "build_eval_dataset",
     "EvalTransform",
@@ -188,47 +189,6 @@ def resolve_init_path(init) -> Path:
     from .weights import resolve_checkpoint
 
     return resolve_checkpoint(init)
-
-
-def parse_set_overrides(items, profile: Profile) -> dict:
-    """``["lr=1e-4", "resize_long=[256,512]", "jitter=None"]`` → typed profile overrides.
-
-    Values are read as Python literals (numbers, ``None``, ``True``, lists, dicts; anything else is a
-    string) and coerced to the type of the profile's current value (a list becomes a tuple for a
-    tuple field, an int a float for a float field, ``true``/``false`` a bool). Unknown fields raise
-    ``ValueError`` listing the known ones.
-    """
-    import ast
-
-    known = {f.name for f in dataclasses.fields(profile)}
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise ValueError(f"--set expects KEY=VALUE, got {it!r}")
-        key, text = (t.strip() for t in it.split("=", 1))
-        key = key.replace("-", "_")
-        if key not in known:
-            raise ValueError(f"--set {key}: not a profile field; known fields: {', '.join(sorted(known))}")
-        try:
-            val = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            val = text
-        cur = getattr(profile, key)
-        if isinstance(cur, bool) and isinstance(val, str) and val.lower() in ("true", "false", "yes", "no", "1", "0"):
-            val = val.lower() in ("true", "yes", "1")
-        elif isinstance(cur, bool) and isinstance(val, int):
-            val = bool(val)
-        elif isinstance(cur, float) and isinstance(val, int) and not isinstance(val, bool):
-            val = float(val)
-        elif isinstance(cur, tuple) and isinstance(val, list):
-            val = tuple(val)
-        elif key in ("jitter", "resize_long", "scales", "crf_thresholds") and isinstance(val, list):
-            val = tuple(val)
-        if cur is not None and val is not None and not isinstance(val, type(cur)) and not (
-                isinstance(cur, float) and isinstance(val, (int, float))):
-            raise ValueError(f"--set {key}={text!r}: expected {type(cur).__name__} (like {cur!r})")
-        out[key] = val
-    return out
 
 
 def resolve_data_root(profile: Profile, data_root=None, *, progress: bool = True) -> Path:
@@ -582,37 +542,6 @@ def _params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=_json_default) + "\n")
-        f.flush()
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    out = []
-    if not path.is_file():
-        return out
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: drop it
-            continue
-    return out
-
-
 def _truncate_log(path: Path, step: int) -> None:
     """Keep only the log records of steps <= ``step`` (a resumed run re-does the later ones)."""
     if not path.is_file():
@@ -621,11 +550,6 @@ def _truncate_log(path: Path, step: int) -> None:
     with atomic_write(path, "w") as f:
         for r in keep:
             f.write(json.dumps(r, default=_json_default) + "\n")
-
-
-def _write_json(path: Path, obj) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
 
 
 def _save_torch(path: Path, obj) -> None:
@@ -1031,7 +955,7 @@ def train_classifier(
 ) -> dict:
     """Train the TransCAM classifier of ``profile`` (Eq. 6) into ``out_dir``; see the module docstring.
 
-    ``profile`` is a :class:`~transcam_nb.profiles.Profile` or a name; ``overrides`` replace
+    ``profile`` is a :class:`~transcam_nb.config.Profile` or a name; ``overrides`` replace
     profile fields (``lr=1e-4``, ``batch_size=4``, ...). ``init`` (or the profile's
     ``init_checkpoint``) is the ImageNet Conformer file whose heads are dropped; ``max_steps``
     overrides the profile's budget (the lr schedule follows it). ``data_root`` / ``sbd_root`` /

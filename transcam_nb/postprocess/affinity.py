@@ -41,10 +41,8 @@ choose; no CUDA device is hard-coded.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -54,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..artifacts import atomic_path
+from ..config import AFFINITY_PRESETS, AffinityConfig, get_affinity_preset  # noqa: F401  (defined in config)
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, color_jitter, normalize, random_crop
 from ..data.voc import load_rgb
 from ..pseudo import load_label_png
@@ -580,62 +579,6 @@ class AffinityNet(nn.Module):
 # =============================================================================================
 # 6. training
 # =============================================================================================
-@dataclass(frozen=True)
-class AffinityConfig:
-    """AffinityNet training settings. ``paper`` = the reference's ``train_aff.py`` (REFERENCE.md §7.1).
-
-    ``momentum`` defaults to 0.0 in ``paper``: the reference's ``PolyOptimizer`` receives
-    ``momentum=0.9`` but only uses it as the poly power; SGD itself runs without momentum.
-    """
-
-    name: str = "paper"
-    backbone: str = "resnet50"  # the reference uses "resnet38" (needs converted MXNet weights)
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    momentum: float = 0.0  # reference quirk: 0.9 is only the poly power
-    poly_power: float = 0.9
-    batch_size: int = 8
-    epochs: int = 8
-    crop_size: int = 448
-    radius: int = 5
-    color_jitter: tuple = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
-    flip: bool = True
-    num_workers: int = 8
-    save_every: int = 500  # steps between resumable checkpoints (and one at the end)
-    seed: int = 0
-    device: str = "auto"
-    # random walk (infer_aff.py defaults)
-    beta: float = 14.0
-    logt: int = 7
-    bg: float = 0.42
-
-    def replace(self, **changes) -> "AffinityConfig":
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - fields
-        if unknown:
-            raise TypeError(f"unknown AffinityConfig field(s) {sorted(unknown)}; known: {sorted(fields)}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-AFFINITY_PRESETS: dict[str, AffinityConfig] = {
-    "paper": AffinityConfig(),
-    "tiny": AffinityConfig(
-        name="tiny", backbone="resnet18", lr=0.01, batch_size=4, epochs=2, crop_size=128, num_workers=0, save_every=50
-    ),
-}
-
-
-def get_affinity_preset(name: str = "paper", **overrides) -> AffinityConfig:
-    """A preset from :data:`AFFINITY_PRESETS` with field overrides."""
-    if name not in AFFINITY_PRESETS:
-        raise ValueError(f"unknown affinity preset {name!r}; choose one of {sorted(AFFINITY_PRESETS)}")
-    cfg = AFFINITY_PRESETS[name]
-    return cfg.replace(**overrides) if overrides else cfg
-
-
 def _load_rgb(x, what: str) -> "np.ndarray":
     """A path (read by :func:`transcam_nb.data.voc.load_rgb`) or a uint8 (H, W, 3) array."""
     if isinstance(x, (str, os.PathLike)):

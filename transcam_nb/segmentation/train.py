@@ -34,7 +34,6 @@ uninterrupted run would, whatever the number of loader workers.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..artifacts import atomic_path, atomic_write
+from ..config import SEG_PRESETS, SegConfig, get_seg_config  # noqa: F401  (defined in config)
 from ..data.transforms import normalize, random_crop
 from ..data.voc import resolve_root
 from .deeplab import DeepLab
@@ -68,91 +68,6 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "transcam_nb.deeplab/1"
-
-
-@dataclass(frozen=True)
-class SegConfig:
-    """Everything that defines a DeepLab training run (REFERENCE.md §8 for the paper values)."""
-
-    # model
-    backbone: str = "resnet101"
-    head: str = "largefov"
-    num_classes: int = 21
-    output_stride: int = 8
-    pretrained_path: str | None = None
-    freeze_bn: bool = True
-    freeze_stem: bool = True
-    head_bn_momentum: float = 0.0003
-    dropout: float = 0.5
-    # optimisation
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    batch: int = 10
-    iters: int = 20000
-    # augmentation
-    crop: int = 448
-    scale: tuple = (0.5, 1.5)
-    hsv_jitter: int = 10
-    flip: bool = True
-    # test-time (used by the notebooks / cli when evaluating)
-    test_scales: tuple = TEST_SCALES
-    test_flip: bool = True
-    test_crf: bool = True
-    # bookkeeping
-    seed: int = 1
-    deterministic: bool = False
-    amp: bool = True
-    workers: int = 4
-    ckpt_every: int = 1000
-    log_every: int = 10
-
-    def replace(self, **changes) -> "SegConfig":
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise TypeError(f"unknown SegConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else os.fspath(v) if isinstance(v, os.PathLike) else v
-                for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SegConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
-
-    def validate(self) -> None:
-        if self.head not in ("largefov", "aspp"):
-            raise ValueError(f"SegConfig.head must be 'largefov' or 'aspp', got {self.head!r}")
-        for name in ("batch", "iters", "crop", "ckpt_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SegConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ValueError(f"SegConfig.scale must be (low, high) with 0 < low <= high, got {self.scale}")
-        if self.head == "aspp" and self.batch < 2:
-            raise ValueError("the ASPP head's image-pooling BatchNorm needs SegConfig.batch >= 2")
-
-
-SEG_PRESETS = {
-    "paper": SegConfig(),
-    "tiny": SegConfig(
-        backbone="resnet18", freeze_bn=False, freeze_stem=False, head_bn_momentum=0.1,
-        lr=1e-2, batch=4, iters=300, crop=96, scale=(0.7, 1.3),
-        test_scales=(0.75, 1.0, 1.25), test_crf=False,
-        amp=False, workers=0, ckpt_every=100, log_every=5,
-    ),
-}
-
-
-def get_seg_config(name: str = "tiny", **overrides) -> SegConfig:
-    """A preset of :data:`SEG_PRESETS` with field overrides (``get_seg_config("paper", iters=10)``)."""
-    if name not in SEG_PRESETS:
-        raise ValueError(f"unknown segmentation preset {name!r}; choose one of {sorted(SEG_PRESETS)}")
-    return SEG_PRESETS[name].replace(**overrides) if overrides else SEG_PRESETS[name]
 
 
 def poly_lr(base_lr: float, itr: int, max_itr: int, power: float = 0.9) -> float:

@@ -19,6 +19,7 @@ Environment variables:
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -47,9 +48,15 @@ DEFAULT_VARIANTS: dict[str, tuple[str, object]] = {
 }
 
 
-def setup(profile: str | Profile | None = None, *, verbose: bool = True, **overrides) -> Profile:
+def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_level: int = logging.WARNING,
+          **overrides) -> Profile:
     """The Setup cell: choose the profile (argument, else ``$TRANSCAM_PROFILE``, else tiny),
-    apply the paper profile's path variables, set threads and seeds, print what was chosen."""
+    apply the paper profile's path variables, set threads and seeds, print what was chosen.
+
+    The package's progress and cache messages (``[cached] ...``, ``[compute] ...`` on the
+    ``transcam_nb`` logger) are kept out of the chapters' outputs: the logger is set to
+    ``log_level`` (WARNING; pass ``logging.INFO`` to see them while working in a notebook)."""
+    logging.getLogger("transcam_nb").setLevel(log_level)
     if not isinstance(profile, Profile):
         profile = get_profile(profile)
     env = {}

@@ -47,7 +47,10 @@ def test_setup_silences_the_package_log_for_the_book(capsys):
     try:
         workflow.setup("tiny", verbose=False)
         assert not log.isEnabledFor(logging.INFO)
-        workflow.setup("tiny", verbose=False, log_level=logging.INFO)
+        assert workflow._progress(None) is False and workflow._progress(True) is True
+        workflow.setup("tiny", verbose=False, log_level=logging.INFO, progress=True)
         assert log.isEnabledFor(logging.INFO)
+        assert workflow._progress(None) is True
     finally:
         log.setLevel(old)
+        workflow.PROGRESS["default"] = False

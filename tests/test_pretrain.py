@@ -105,7 +105,7 @@ def _state(model):
 def test_a_few_pretraining_steps_and_fine_tune_loading(tmp_path):
     from transcam_nb.models import create_model
     from transcam_nb.models.checkpoints import read_state_dict
-    from transcam_nb.train import build_model_for_profile
+    from transcam_nb.models.factory import build_model_for_profile
     from transcam_nb.config import get_profile
 
     cfg = default_config("tiny", steps=3, **SMALL)

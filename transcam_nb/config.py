@@ -280,6 +280,7 @@ class PipelineConfig(Settings):
     seg_labels: str = "rw_crf"  # "rw_crf" (the reference: infer_aff.py --crf True) or "rw"
     val_split: str | None = None
     val_limit: int | None = None
+    from_scratch: bool = False  # let paper-profile networks start from random weights (else they refuse)
 
 
 # =============================================================================================

@@ -45,7 +45,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
@@ -136,8 +135,8 @@ def _pretext_net(cfg: PretrainConfig):
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """The stage's learning rate at ``step``: :func:`transcam_nb.train.lr_at` with the cosine schedule."""
-    from .train import lr_at as _lr_at
+    """The stage's learning rate at ``step``: :func:`transcam_nb.engine.lr_at` with the cosine schedule."""
+    from .engine import lr_at as _lr_at
 
     return _lr_at(step, cfg.steps, cfg.lr, "cosine", cfg.warmup_frac)
 
@@ -151,7 +150,7 @@ def token_targets(cmap, num_classes: int, patch: int = 16):
 
 
 def make_loss(cfg: PretrainConfig, token_head, patch: int = 16, parts_box: dict | None = None):
-    """``loss_fn(output, target)`` for :func:`transcam_nb.train.train_loop`.
+    """``loss_fn(output, target)`` for :func:`transcam_nb.engine.train_loop`.
 
     ``output``: ``(ConformerOutput, patch tokens [B, hw, D])`` from the pretext network;
     ``target``: ``(labels [B, K], class map [B, S, S])``. Returns the scalar loss; the last
@@ -273,7 +272,7 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
              callback=None) -> dict:
     """Run (or resume) the pretraining described by ``cfg`` into ``out_dir``; return the manifest.
 
-    The optimisation runs in the project's generic loop (:func:`transcam_nb.train.train_loop`:
+    The optimisation runs in the project's generic loop (:func:`transcam_nb.engine.train_loop`:
     checkpoints, resume, logging, AMP and DDP where available) with the pretext network
     (backbone + token head), the pretext stream as data (``steps × batch_size`` distinct scenes,
     visited in a seeded random order) and :func:`make_loss`. A finished run (manifest with the
@@ -286,7 +285,7 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
 
     from .data.pretext import PRETEXT_VERSION, PretextStream
     from .device import get_device, seed_everything, set_threads
-    from .train import LoopConfig, train_loop
+    from .engine import LoopConfig, train_loop
 
     if cfg.pretext_version != PRETEXT_VERSION:
         raise ValueError(f"config pretext_version={cfg.pretext_version} but the generator is version "

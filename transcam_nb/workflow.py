@@ -24,7 +24,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -91,7 +90,7 @@ def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_lev
 
 def data_root(profile: Profile) -> Path:
     """The dataset folder of ``profile`` (the embedded benchmark is generated on first use)."""
-    from .train import resolve_data_root
+    from .data.roots import resolve_data_root
 
     return Path(resolve_data_root(profile, progress=False))
 

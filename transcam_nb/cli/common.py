@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 log = logging.getLogger("transcam_nb.cli")
 
 __all__ = ["UsageError", "Stage", "STAGES", "register_stage", "parse_shard", "parse_floats", "parse_model_args",
-           "add_profile", "add_set", "add_data_root", "add_checkpoint", "add_init", "add_out", "add_shard",
+           "add_profile", "add_set", "add_data_root", "add_checkpoint", "add_init", "add_from_scratch", "add_out", "add_shard",
            "add_runtime", "profile_from_args"]
 
 
@@ -137,6 +137,11 @@ def add_init(p, help: str | None = None) -> None:
     p.add_argument("--init", default=None,
                    help=help or "weights to start the classifier's training from (heads are dropped; default: the "
                                 "profile's init_checkpoint)")
+
+
+def add_from_scratch(p, what: str = "the paper profile's networks") -> None:
+    p.add_argument("--from-scratch", action="store_true",
+                   help=f"allow {what} to start from random weights (they refuse without their init files)")
 
 
 def add_out(p, help: str = "output folder (resumable)", required: bool = True) -> None:

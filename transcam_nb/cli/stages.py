@@ -10,7 +10,7 @@ import os
 import shlex
 import sys
 
-from .common import (UsageError, add_checkpoint, add_data_root, add_init, add_out, add_profile, add_runtime, add_set,
+from .common import (UsageError, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_set,
                      add_shard, parse_shard, profile_from_args, register_stage)
 
 log = logging.getLogger("transcam_nb.cli")
@@ -28,6 +28,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cls-labels", default=None, help="image-label file: the authors' cls_labels.npy or JSON")
     p.add_argument("--allow-pickle", action="store_true", help="needed to read the authors' pickled cls_labels.npy")
     add_init(p)
+    add_from_scratch(p, "the paper profile's classifier")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from OUT/last.pt when it exists (default: yes)")
     add_set(p)
@@ -45,7 +46,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 @register_stage("train", "train the TransCAM classifier (Eq. 6): resumable, AMP, DDP under torchrun", _train_args)
 def run_train(args: argparse.Namespace) -> int:
     from ..models import CheckpointError
-    from ..train import NonFiniteLossError, train_classifier
+    from ..engine import NonFiniteLossError
+    from ..train import train_classifier
 
     prof = profile_from_args(args, data_root=False, amp=args.amp, compile=True if args.compile else None,
                              channels_last=True if args.channels_last else None)
@@ -55,7 +57,8 @@ def run_train(args: argparse.Namespace) -> int:
             prof, args.out, resume=args.resume, init=args.init, max_steps=args.max_steps, data_root=args.data_root,
             sbd_root=args.sbd_root, cls_labels=args.cls_labels, allow_pickle=args.allow_pickle,
             log_every=args.log_every, checkpoint_minutes=args.checkpoint_minutes,
-            checkpoint_every_steps=args.checkpoint_every_steps, progress=not args.no_progress)
+            checkpoint_every_steps=args.checkpoint_every_steps, progress=not args.no_progress,
+            from_scratch=args.from_scratch)
     except NonFiniteLossError as e:
         log.error("[train] stopped: %s", e)
         return 3
@@ -130,6 +133,7 @@ def _pipeline_args(p: argparse.ArgumentParser, stage: str | None = None) -> None
                    help="'workflow' (the classifier cache shared with the book, default), 'train' (train into "
                         "OUT/classifier) or a weights file")
     add_init(p)
+    add_from_scratch(p, "the paper profile's classifier, AffinityNet and DeepLab")
     p.add_argument("--classifier-steps", type=int, default=None, help="step budget of the classifier training")
     p.add_argument("--pseudo-limit", type=int, default=None, help="only the first N pseudo-label images")
     p.add_argument("--val-limit", type=int, default=None, help="only the first N validation images")
@@ -151,6 +155,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         raise UsageError("give --checkpoint FILE or --classifier, not both")
     if args.checkpoint is not None:
         cover["classifier"] = args.checkpoint
+    if args.from_scratch:
+        cover["from_scratch"] = True
     for name in ("classifier", "classifier_steps", "pseudo_limit", "val_limit"):
         v = getattr(args, name)
         if v is not None:

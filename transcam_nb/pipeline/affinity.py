@@ -30,7 +30,7 @@ def build_affinity_net(ctx: PipelineContext, load_pretrained: bool = True):
 def run(ctx: PipelineContext) -> dict:
     """Stage 4: train AffinityNet on the la/ha pairs (``train_aff.py``, REFERENCE.md §7.1);
     resumes from ``affinity_last.pt``."""
-    from ..postprocess.affinity import AffinityDataset, train_affinity
+    from ..postprocess.affinity_train import AffinityDataset, train_affinity
 
     crf_done = ctx.require("crf")
     acfg = affinity_config(ctx)
@@ -52,7 +52,8 @@ def run(ctx: PipelineContext) -> dict:
                                       seed=acfg.seed)
     resuming = (d / "affinity_last.pt").is_file()
     model = build_affinity_net(ctx, load_pretrained=not resuming)
-    out = train_affinity(model, ds, acfg, out_dir=d, device=ctx.device, resume=True, progress=ctx.progress)
+    out = train_affinity(model, ds, acfg, out_dir=d, device=ctx.device, resume=True, progress=ctx.progress,
+                         from_scratch=ctx.config.from_scratch)
     if out["final"] is None:
         raise RuntimeError(f"AffinityNet training stopped at step {out['step']} of {out['max_step']}")
     hist = out["history"]

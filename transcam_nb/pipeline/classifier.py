@@ -40,9 +40,9 @@ def _data_spec(profile: Profile) -> dict:
 def _init_spec(init) -> dict:
     if init is None:
         return {"init": None}
-    from ..train import resolve_init_path
+    from ..weights import resolve_checkpoint
 
-    p = resolve_init_path(init)
+    p = resolve_checkpoint(init)
     st = p.stat()
     return {"init": p.name, "init_size": st.st_size}
 
@@ -59,7 +59,8 @@ def cached_classifier(profile: Profile, *, init: str | None = "profile", progres
     from .. import __version__
     from ..device import get_device
     from ..models import load_checkpoint
-    from ..train import build_model_for_profile, train_classifier
+    from ..models.factory import build_model_for_profile
+    from ..train import train_classifier
 
     prof = profile.replace(**overrides) if overrides else profile
     init_arg = prof.init_checkpoint if init == "profile" else init
@@ -122,7 +123,8 @@ def run(ctx: PipelineContext) -> dict:
         from ..train import train_classifier
 
         run_dir = ctx.stage_dir("classifier") / "run"
-        train_classifier(prof, run_dir, resume=True, max_steps=cfg.classifier_steps, progress=ctx.progress)
+        train_classifier(prof, run_dir, resume=True, max_steps=cfg.classifier_steps, progress=ctx.progress,
+                         from_scratch=cfg.from_scratch)
         weights = classifier_weights(run_dir)
     else:
         weights = Path(mode).expanduser()
@@ -133,7 +135,7 @@ def run(ctx: PipelineContext) -> dict:
 def load_classifier(ctx: PipelineContext):
     """The stage-1 network in eval mode on the pipeline's device."""
     from ..models import load_checkpoint
-    from ..train import build_model_for_profile
+    from ..models.factory import build_model_for_profile
 
     done = ctx.require("classifier")
     model = build_model_for_profile(ctx.profile.replace(drop_path_rate=0.0), init=None, num_classes=ctx.num_fg,

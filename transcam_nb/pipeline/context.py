@@ -99,7 +99,7 @@ class PipelineContext:
     @property
     def data_root(self) -> Path:
         if "root" not in self._cache:
-            from ..train import resolve_data_root
+            from ..data.roots import resolve_data_root
 
             self._cache["root"] = Path(resolve_data_root(self.profile, progress=self.progress))
         return self._cache["root"]

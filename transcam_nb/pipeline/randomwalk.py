@@ -16,7 +16,8 @@ def run(ctx: PipelineContext) -> dict:
     REFERENCE.md §7.2), without (``rw/``) and with (``rw_crf/``) the final dense CRF."""
     import torch
 
-    from ..postprocess.affinity import load_affinity_checkpoint, prepare_image, random_walk
+    from ..postprocess.affinity import load_affinity_checkpoint
+    from ..postprocess.random_walk import prepare_image, random_walk
     from ..pseudo import load_cams, save_label_png
 
     aff_done = ctx.require("affinity")

@@ -47,7 +47,7 @@ def run(ctx: PipelineContext) -> dict:
     t0 = time.time()
     labels = ctx.stage_dir("randomwalk") / ctx.config.seg_labels
     res = train_segmentation(scfg, ctx.data_root, labels, ctx.pseudo_ids(), d, device=ctx.device, resume=True,
-                             progress=ctx.progress)
+                             progress=ctx.progress, from_scratch=ctx.config.from_scratch)
     if res.iteration < scfg.iters:
         raise RuntimeError(f"DeepLab training stopped at iteration {res.iteration} of {scfg.iters}")
     model = load_segmentation_model(res.model_path, device=ctx.device)

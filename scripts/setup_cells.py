@@ -35,7 +35,8 @@ SETUP = """\
 import importlib.util
 
 if importlib.util.find_spec("transcam_nb") is None:
-    %pip install -q "transcam_nb @ git+{url}"
+    REPO = "{url}"
+    %pip install -q "transcam_nb @ git+{{REPO}}"
 
 from transcam_nb import workflow
 
@@ -102,18 +103,25 @@ def fix(nb: dict, url: str | None = None) -> dict:
     rest = [i for i in code if i != p_idx]
     s_idx = rest[0] if rest else None
     kept = []
+    ours = {ln.strip() for ln in setup.split("\n")}  # any line of the standard cell (a re-run)
     if s_idx is not None:
         for ln in _source(cells[s_idx]).split("\n"):
             s = ln.strip()
+            if s and s in ours:
+                continue
             if (s.startswith("#") and ("Setup" in s or "pip install" in s or "install the package" in s)) \
                     or s.startswith("%pip") or s in ("import transcam_nb", "profile = workflow.setup(PROFILE)") \
                     or s.startswith("PROFILE =") or s == "import importlib.util" \
-                    or s.startswith("if importlib.util.find_spec") or s == "from transcam_nb import workflow":
+                    or s.startswith("if importlib.util.find_spec") or s == "from transcam_nb import workflow" \
+                    or s.startswith("REPO = "):
                 continue
             kept.append(ln)
     own = "\n".join(kept).strip("\n")
     new_params = _code_cell(params, tags=["parameters"])
     new_setup = _code_cell(setup)
+    for new, old_idx in ((new_params, p_idx), (new_setup, s_idx)):  # keep the cell ids
+        if old_idx is not None and "id" in cells[old_idx]:
+            new["id"] = cells[old_idx]["id"]
     insert_at = p_idx if p_idx is not None else (s_idx if s_idx is not None else len(cells))
     drop = {i for i in (p_idx, s_idx) if i is not None}
     before = [c for i, c in enumerate(cells[:insert_at]) if i not in drop]
@@ -134,7 +142,7 @@ def main(argv=None) -> int:
         nb = json.loads(path.read_text())
         if args.fix:
             if problems(nb, url):
-                path.write_text(json.dumps(fix(nb, url), indent=1))
+                path.write_text(json.dumps(fix(nb, url), indent=1, ensure_ascii=False))
                 print(f"{path}: rewritten")
             continue
         for p in problems(nb, url):

@@ -4,10 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# show the team's real VOC sample photographs in chapter 1 when the shared folder is beside the checkout
-if [ -z "${TRANSCAM_VOC_SAMPLE:-}" ] && [ -d ../shared/data/voc2012_sample/VOCdevkit/VOC2012 ]; then
-  export TRANSCAM_VOC_SAMPLE="$(cd ../shared/data/voc2012_sample/VOCdevkit/VOC2012 && pwd)"
-fi
+# chapters 1 and 4 show the real VOC / COCO sample photographs shipped in tests/data (tests/data/README.md)
+export TRANSCAM_VOC_SAMPLE="${TRANSCAM_VOC_SAMPLE:-$PWD/tests/data/voc2012_sample/VOCdevkit/VOC2012}"
+export TRANSCAM_COCO_SAMPLE="${TRANSCAM_COCO_SAMPLE:-$PWD/tests/data/coco128_seg/images/train2017}"
 export TRANSCAM_PROFILE=${TRANSCAM_PROFILE:-tiny}
 start=$(date +%s)
 .venv/bin/jupyter-book build . --warningiserror --keep-going "$@"

@@ -19,6 +19,17 @@ never used), and checks that
 * every chapter notebook page (its source, ``_sources/<page>.ipynb``, is a notebook) shows at
   least one decoded image in its main content;
 
+and, on every chapter notebook page, what a reader reads (static HTML, no browser needed; the same
+rules as the lead's ``shared/tools/check_book_html.py``):
+
+* no absolute machine path (``/home/...``, ``/tmp/...``, ...) in any cell output;
+* no cache or log line (``[cached]``, ``[compute]``, ``[train]``, ...) in any cell output;
+* no code line wider than ``--max-code`` characters (80: what a code cell shows at 1280 px);
+* a "Summary" and an "Exercises" heading;
+* a Colab launch link;
+* the results chapter (``--stages-page``, default ``notebooks/07_results``) shows every pipeline
+  stage (CAM, TransCAM, random walk, DeepLab) in its outputs;
+
 and saves one full-page PNG screenshot per page. Requests to other hosts (the CDN copies of
 MathJax, require.js, the widget manager) are blocked, so the check is the same with or without
 network; they are listed as notes and do not fail the check.
@@ -26,6 +37,7 @@ network; they are listed as notes and do not fail the check.
 Usage::
 
     python scripts/browser_check.py _build/html --screenshots test-artifacts/screenshots
+    python scripts/browser_check.py _build/html --static-only     # only the reading rules, no browser
 
 Exit status: 0 all checks passed, 1 problems found (listed on stdout), 2 bad arguments or no
 usable browser (Chromium or the ``playwright`` package missing).
@@ -80,6 +92,90 @@ KNOWN_UPSTREAM_JS = [
 
 #: Output text that means an exception reached the reader.
 ERROR_TEXT = re.compile(r"Traceback \(most recent call last\)|(^|\s)[A-Za-z_.]*(Error|Exception): ", re.M)
+
+#: An absolute path of the build machine (the lead's tool uses the same pattern).
+MACHINE_PATH = re.compile(r"(?<![\w.:/])/(?:tmp|root|home|usr|opt|var|work|mnt|content)/[\w.+-]+/")
+#: A cache / progress / log line of the package (``[cached] ...``, ``[train] ...``).
+LOG_LINE = re.compile(r"\[(?:cached|compute|train|setup|pipeline|pretrain|affinity|segment|cams|data)\]")
+#: What the results chapter's outputs must name: every stage of the pipeline.
+STAGES = ("CAM", "TransCAM", "random walk", "DeepLab")
+COLAB = "colab.research.google.com"
+
+
+class _ReadingParser(html.parser.HTMLParser):
+    """Collects the text of cell inputs and cell outputs (myst-nb's ``div.cell_input`` /
+    ``div.cell_output``), the headings, and the link targets of one page."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.headings: list[str] = []
+        self.hrefs: list[str] = []
+        self._divs: list[str | None] = []  # per open <div>: "in"/"out" when it opens a cell part
+        self._where: list[str] = []  # stack of the cell parts we are in
+        self._heading: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and a.get("href"):
+            self.hrefs.append(a["href"])
+        if tag == "div":
+            cls = (a.get("class") or "").split()
+            part = "in" if "cell_input" in cls else "out" if "cell_output" in cls else None
+            self._divs.append(part)
+            if part:
+                self._where.append(part)
+                (self.inputs if part == "in" else self.outputs).append("")
+        elif tag in ("h1", "h2", "h3"):
+            self._heading = []
+        elif tag == "br":
+            self.handle_data("\n")
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self._divs:
+            if self._divs.pop():
+                self._where.pop()
+        elif tag in ("h1", "h2", "h3") and self._heading is not None:
+            self.headings.append("".join(self._heading).strip().rstrip("#¶").strip())
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._heading is not None:
+            self._heading.append(data)
+        if self._where:
+            buf = self.inputs if self._where[-1] == "in" else self.outputs
+            buf[-1] += data
+
+
+def reading_problems(page_html: str, *, max_code: int = 80, stages: bool = False) -> tuple[list[str], dict]:
+    """The reading rules (module doc) on one chapter page's HTML: ``(problems, counts)`` with
+    counts of machine paths and log lines in outputs and of code lines over ``max_code``."""
+    p = _ReadingParser()
+    p.feed(page_html)
+    out_text = "\n".join(p.outputs)
+    paths = MACHINE_PATH.findall(out_text)
+    logs = [ln for ln in out_text.splitlines() if LOG_LINE.search(ln)]
+    wide = [ln for ln in "\n".join(p.inputs).splitlines() if len(ln.rstrip()) > max_code]
+    problems = []
+    if paths:
+        problems.append(f"{len(paths)} machine path(s) in outputs, e.g. {paths[0]!r}")
+    if logs:
+        problems.append(f"{len(logs)} cache/log line(s) in outputs, e.g. {logs[0].strip()[:100]!r}")
+    if wide:
+        problems.append(f"{len(wide)} code line(s) over {max_code} characters, e.g. {wide[0].strip()[:60]!r}...")
+    heads = [h.lower() for h in p.headings]
+    for want in ("summary", "exercises"):
+        if not any(h.startswith(want) for h in heads):
+            problems.append(f"no '{want.capitalize()}' heading")
+    if not any(COLAB in h for h in p.hrefs):
+        problems.append("no Colab launch link")
+    if stages:
+        missing = [s for s in STAGES if not re.search(rf"(?<![\w]){re.escape(s)}(?![\w])", out_text, re.I)]
+        if missing:
+            problems.append(f"the outputs do not show the pipeline stage(s) {', '.join(missing)}")
+    return problems, {"machine_paths": len(paths), "log_lines": len(logs), "wide_code_lines": len(wide)}
+
 
 # Everything the page itself must report, gathered in one evaluate() call.
 _PAGE_PROBE_JS = r"""
@@ -136,6 +232,9 @@ class PageResult:
     links_checked: int = 0
     screenshot: str | None = None
     seconds: float = 0.0
+    machine_paths: int = 0
+    log_lines: int = 0
+    wide_code_lines: int = 0
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -274,10 +373,36 @@ def _screenshot_name(doc: str) -> str:
     return doc.replace("/", "__") + ".png"
 
 
+def apply_reading_rules(res: PageResult, html_dir: Path, doc: str, *, max_code: int = 80,
+                        stages_page: str = "notebooks/07_results") -> None:
+    """Add the reading rules' problems and counts to ``res`` (chapter notebook pages only)."""
+    if not res.notebook or not (html_dir / res.page).is_file():
+        return
+    text = (html_dir / res.page).read_text(encoding="utf-8", errors="replace")
+    problems, counts = reading_problems(text, max_code=max_code, stages=doc == stages_page)
+    res.problems.extend(problems)
+    for k, v in counts.items():
+        setattr(res, k, v)
+
+
+def check_static(html_dir: Path, pages: list[str], *, toc: Path | None, max_code: int = 80,
+                 stages_page: str = "notebooks/07_results") -> list[PageResult]:
+    """The reading rules alone (no browser): one result per page."""
+    results = []
+    for doc in pages:
+        res = PageResult(page=f"{doc}.html", notebook=is_notebook_source(html_dir, doc, toc))
+        if not (html_dir / res.page).is_file():
+            res.problems.append(f"page {res.page} was not built (no such file)")
+        apply_reading_rules(res, html_dir, doc, max_code=max_code, stages_page=stages_page)
+        results.append(res)
+    return results
+
+
 def check_site(html_dir: Path, pages: list[str], *, toc: Path | None, chromium: str,
                screenshots: Path | None, timeout_s: float = 60.0, width: int = 1280,
                height: int = 900, min_images_notebook: int = 1, strict_js: bool = False,
-               settle_ms: int = 300, log=print) -> list[PageResult]:
+               settle_ms: int = 300, max_code: int = 80, stages_page: str = "notebooks/07_results",
+               log=print) -> list[PageResult]:
     """Load each page of ``pages`` (document names, ``.html`` added) and check it; see module doc."""
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
@@ -311,6 +436,7 @@ def check_site(html_dir: Path, pages: list[str], *, toc: Path | None, chromium: 
                     res.problems.append(f"page {res.page} was not built (no such file; the table of contents"
                                         " or --pages lists it)")
                     continue
+                apply_reading_rules(res, html_dir, doc, max_code=max_code, stages_page=stages_page)
                 blocked.clear()
                 console, js_errors = [], []
                 bad_responses: dict[str, str] = {}  # url -> first failure seen (404, then "aborted")
@@ -440,6 +566,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="also fail on the known, harmless JavaScript errors of the Jupyter Book stack")
     ap.add_argument("--min-images", type=int, default=1,
                     help="decoded images each chapter notebook page must show (default 1)")
+    ap.add_argument("--max-code", type=int, default=80,
+                    help="widest code line a chapter may show, in characters (default 80)")
+    ap.add_argument("--stages-page", default="notebooks/07_results",
+                    help="the page whose outputs must show every pipeline stage (default notebooks/07_results)")
+    ap.add_argument("--static-only", action="store_true",
+                    help="only the reading rules on the HTML files (paths, log lines, code width, Summary and"
+                         " Exercises, Colab link, the stages); no browser needed")
     args = ap.parse_args(argv)
 
     html_dir = args.html_dir.resolve()
@@ -447,13 +580,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"browser_check: {args.html_dir} is not a folder (expected the built book, e.g. _build/html;"
               " build it with: bash scripts/book.sh)", file=sys.stderr)
         return 2
-    chromium = find_chromium(args.chromium)
-    if chromium is None:
+    chromium = None if args.static_only else find_chromium(args.chromium)
+    if chromium is None and not args.static_only:
         print("browser_check: no Chromium found (looked at --chromium / $TRANSCAM_CHROMIUM, "
               + ", ".join(CHROMIUM_CANDIDATES) + "); on Debian: apt-get install -y chromium", file=sys.stderr)
         return 2
     try:
-        import playwright  # noqa: F401
+        if not args.static_only:
+            import playwright  # noqa: F401
     except ImportError:
         print("browser_check: the Python package 'playwright' is missing (pip install -r requirements.txt;"
               " never 'playwright install': the check drives the system Chromium)", file=sys.stderr)
@@ -476,15 +610,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"browser_check: no pages to check in {html_dir}", file=sys.stderr)
         return 2
 
-    print(f"[browser-check] {len(pages)} page(s) from {source}; Chromium {chromium}")
+    print(f"[browser-check] {len(pages)} page(s) from {source}; "
+          + ("reading rules only" if args.static_only else f"Chromium {chromium}"))
     t0 = time.perf_counter()
-    try:
-        results = check_site(html_dir, pages, toc=toc, chromium=chromium, screenshots=args.screenshots,
-                             timeout_s=args.timeout, min_images_notebook=args.min_images,
-                             strict_js=args.strict_js)
-    except Exception as e:  # the browser did not start: a set-up problem, not a finding
-        print(f"browser_check: could not drive Chromium {chromium}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+    if args.static_only:
+        results = check_static(html_dir, pages, toc=toc, max_code=args.max_code, stages_page=args.stages_page)
+    else:
+        try:
+            results = check_site(html_dir, pages, toc=toc, chromium=chromium, screenshots=args.screenshots,
+                                 timeout_s=args.timeout, min_images_notebook=args.min_images,
+                                 strict_js=args.strict_js, max_code=args.max_code,
+                                 stages_page=args.stages_page)
+        except Exception as e:  # the browser did not start: a set-up problem, not a finding
+            print(f"browser_check: could not drive Chromium {chromium}: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return 2
     seconds = time.perf_counter() - t0
     if not (html_dir / "index.html").is_file():
         results.append(PageResult(page="index.html", problems=["index.html is missing"]))
@@ -504,6 +644,11 @@ def main(argv: list[str] | None = None) -> int:
         for p in r.problems:
             n_bad += 1
             print(f"  FAIL  {r.page}: {p}")
+    chapters = [r for r in results if r.notebook]
+    print(f"[browser-check] as read: {len(chapters)} chapter page(s), "
+          f"{sum(r.machine_paths for r in chapters)} machine path(s) and {sum(r.log_lines for r in chapters)} "
+          f"log line(s) in outputs, {sum(r.wide_code_lines for r in chapters)} code line(s) over "
+          f"{args.max_code} characters")
     status = "OK" if n_bad == 0 else f"{n_bad} problem(s)"
     shots = f"; screenshots in {args.screenshots}" if args.screenshots is not None else ""
     print(f"[browser-check] {status}: {len(results)} page(s), "

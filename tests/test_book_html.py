@@ -6,8 +6,12 @@
   ``test-artifacts/screenshots`` (or $TRANSCAM_SCREENSHOTS).
 * ``test_checker_*``: the checker on a tiny hand-made site, one defect per page, proving that each
   check can fail (and that a clean page passes).
+* ``test_reading_*``: the reading rules (machine paths and log lines in outputs, code width,
+  Summary and Exercises, Colab link, chapter 7's stages) on hand-made HTML in myst-nb's layout,
+  each rule failing once; no browser needed. One test runs the lead's
+  ``shared/tools/check_book_html.py`` on the same pages and checks that both count the same.
 
-Skips when the book is not built or no browser is usable (Debian's ``chromium`` package and the
+The browser tests skip when the book is not built or no browser is usable (Debian's ``chromium`` package and the
 ``playwright`` Python package); with TRANSCAM_REQUIRE_BROWSER=1 (CI) those are failures instead.
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +91,11 @@ _PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</titl
 <body><nav><a href="{up}good.html">home</a></nav><main id="main-content"><h1 id="top">{title}</h1>
 {body}</main></body></html>"""
 
+#: what every chapter page needs to pass the reading rules
+_CHAPTER_END = ('<p><a href="https://colab.research.google.com/github/x/y/blob/main/nb.ipynb">Colab</a></p>'
+                '<h2 id="summary">Summary<a class="headerlink" href="#summary">#</a></h2><p>s</p>'
+                '<h2 id="exercises">Exercises<a class="headerlink" href="#exercises">#</a></h2><p>e</p>')
+
 _CELL = ('<div class="cell docutils container"><div class="cell_input docutils container"><pre>x</pre></div>'
          '<div class="cell_output docutils container">{out}</div></div>')
 
@@ -119,12 +129,12 @@ def _make_site(root: Path) -> dict[str, list[str]]:
         "nb_good": ("", '<h2 id="results">Results</h2>' + _CELL.format(out=img)
                     + _CELL.format(out='<div class="output stderr highlight-myst-ansi notranslate"><pre>'
                                        '/tmp/x.py:1: UserWarning: careful</pre></div>')
-                    + _CELL.format(out='<div class="output stream"><pre>loss 0.3, error rate 2%</pre></div>'),
-                    []),
+                    + _CELL.format(out='<div class="output stream"><pre>loss 0.3, error rate 2%</pre></div>')
+                    + _CHAPTER_END, []),
         "thebe_twice": ('<script>const THEBE_JS_URL = "x"</script><script>const THEBE_JS_URL = "x"</script>',
                         "<p>known upstream error only</p>", []),
         # one defect each
-        "nb_noimg": ("", _CELL.format(out='<div class="output stream"><pre>no figure</pre></div>'),
+        "nb_noimg": ("", _CELL.format(out='<div class="output stream"><pre>no figure</pre></div>') + _CHAPTER_END,
                      ["chapter notebook page shows 0 decoded image(s)"]),
         "broken_img": ("", img + '<img src="_images/corrupt.png" alt="corrupt">',
                        ["image does not decode: src='_images/corrupt.png'"]),
@@ -234,3 +244,107 @@ def test_toc_pages_reads_nested_entries(tmp_path):
                    "      - file: notebooks/01_a.ipynb\n        sections:\n          - file: notebooks/01b\n"
                    "      - url: https://example.invalid\n  - caption: B\n    chapters:\n      - file: book/refs.md\n")
     assert bc.toc_pages(toc) == ["book/intro", "notebooks/01_a", "notebooks/01b", "book/refs"]
+
+
+# ------------------------------------------------------------------------------------------
+# the reading rules (static HTML, no browser)
+
+
+def _myst_cell(code: str, out: str = "") -> str:
+    """One code cell as myst-nb 1.x writes it (input, then output blocks)."""
+    import html as _html
+
+    cell = ('<div class="cell docutils container">\n<div class="cell_input docutils container">\n'
+            '<div class="highlight-ipython3 notranslate"><div class="highlight"><pre><span></span>'
+            f'{_html.escape(code)}\n</pre></div>\n</div>\n</div>\n')
+    if out:
+        cell += ('<div class="cell_output docutils container">\n<div class="output stream highlight-myst-ansi '
+                 'notranslate"><div class="highlight"><pre><span></span>'
+                 f'{_html.escape(out)}\n</pre></div>\n</div>\n</div>\n')
+    return cell + "</div>\n"
+
+
+def _chapter(*cells: str, summary=True, exercises=True, colab=True, prose="") -> str:
+    body = "<h1>Chapter</h1>" + prose + "".join(cells)
+    if colab:
+        body += '<a class="btn" href="https://colab.research.google.com/github/x/y/blob/main/n.ipynb">Colab</a>'
+    if summary:
+        body += '<section id="summary"><h2>Summary<a class="headerlink" href="#summary">#</a></h2></section>'
+    if exercises:
+        body += '<section id="exercises"><h2>Exercises<a class="headerlink" href="#exercises">#</a></h2></section>'
+    return _PAGE.format(title="c", head="", body=body, up="")
+
+
+_STAGE_TABLE = "stage  mIoU\nCAM  40.1\nTransCAM  44.0\n+ random walk  45.2\nDeepLab  47.0"
+_CLEAN = _chapter(_myst_cell("x = 1  # " + "a" * 71, "run folder: pipeline-tiny-abc"),  # exactly 80 wide
+                  _myst_cell("print(res)", _STAGE_TABLE))
+
+
+def test_reading_rules_pass_a_clean_chapter():
+    problems, counts = bc.reading_problems(_CLEAN, stages=True)
+    assert problems == [] and counts == {"machine_paths": 0, "log_lines": 0, "wide_code_lines": 0}
+
+
+@pytest.mark.parametrize("page, stages, want", [
+    (_chapter(_myst_cell("print(p)", "weights in /home/ci/artifacts/run/x.pt")), False, "1 machine path"),
+    (_chapter(_myst_cell("m = load()", "[cached] classifier run-1\n[compute] cams")), False, "2 cache/log line"),
+    (_chapter(_myst_cell("y = 2  # " + "b" * 72)), False, "1 code line(s) over 80"),
+    (_chapter(_myst_cell("z = 3"), summary=False), False, "no 'Summary' heading"),
+    (_chapter(_myst_cell("z = 3"), exercises=False), False, "no 'Exercises' heading"),
+    (_chapter(_myst_cell("z = 3"), colab=False), False, "no Colab launch link"),
+    (_chapter(_myst_cell("t", "CAM 40\nTransCAM 44\nrandom walk 45")), True, "stage(s) DeepLab"),
+    # stage names in the prose only: the outputs must show them
+    (_chapter(_myst_cell("t", "nothing ran"), prose="<p>CAM, TransCAM, random walk, DeepLab</p>"), True,
+     "stage(s) CAM, TransCAM, random walk, DeepLab"),
+])
+def test_reading_rules_each_can_fail(page, stages, want):
+    problems, _ = bc.reading_problems(page, stages=stages)
+    assert len(problems) == 1 and want in problems[0], problems
+
+
+def test_reading_rules_from_the_command_line(tmp_path):
+    html = tmp_path / "html"
+    (html / "notebooks").mkdir(parents=True)
+    (html / "_sources" / "notebooks").mkdir(parents=True)
+    (html / "index.html").write_text(_PAGE.format(title="i", head="", body="<p>i</p>", up=""))
+    for name, page in [("01_a", _CLEAN), ("07_results", _chapter(_myst_cell("t", "[train] step 3")))]:
+        (html / "notebooks" / f"{name}.html").write_text(page)
+        (html / "_sources" / "notebooks" / f"{name}.ipynb").write_text("{}")
+    r = _run([html, "--static-only", "--pages", "notebooks/01_a", "notebooks/07_results"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    fails = [ln for ln in r.stdout.splitlines() if "FAIL" in ln]
+    assert all("07_results" in ln for ln in fails) and len(fails) == 2, fails
+    assert "0 machine path(s) and 1 log line(s) in outputs, 0 code line(s) over 80" in r.stdout
+
+
+def test_reading_rules_agree_with_the_leads_tool(tmp_path):
+    """The lead's shared/tools/check_book_html.py counts the same on the same seven pages."""
+    from conftest import SHARED
+
+    tool = SHARED / "tools" / "check_book_html.py"
+    if not tool.is_file():
+        pytest.skip(f"{tool} is absent (the team's shared/ folder)")
+    html = tmp_path / "html"
+    (html / "notebooks").mkdir(parents=True)
+    (html / "_sources" / "notebooks").mkdir(parents=True)
+    pages = {
+        "01_a": _CLEAN,
+        "02_b": _chapter(_myst_cell("print(p)", "saved to /tmp/run/x.pt\nand /root/.cache/y/z")),
+        "03_c": _chapter(_myst_cell("a = 1  # " + "c" * 75 + "\nb = 2  # " + "d" * 80, "[cached] run")),
+        "04_d": _chapter(_myst_cell("q = 1", "[setup] ok\n[pipeline] stage cams\nfine")),
+        "05_e": _CLEAN,
+        "06_f": _chapter(_myst_cell("w = 1", "[compute] cams (not found; run)")),
+        "07_results": _CLEAN,
+    }
+    for name, page in pages.items():
+        (html / "notebooks" / f"{name}.html").write_text(page)
+        (html / "_sources" / "notebooks" / f"{name}.ipynb").write_text("{}")
+    lead = subprocess.run([sys.executable, str(tool), str(html)], capture_output=True, text=True, timeout=120)
+    m = re.search(r"(\d+) machine paths and (\d+) log lines in outputs, (\d+) code lines over", lead.stdout)
+    assert m, lead.stdout + lead.stderr
+    ours = _run([html, "--static-only", "--pages", *[f"notebooks/{n}" for n in pages]])
+    m2 = re.search(r"(\d+) machine path\(s\) and (\d+) log line\(s\) in outputs, (\d+) code line\(s\)",
+                   ours.stdout)
+    assert m2, ours.stdout + ours.stderr
+    assert m.groups() == m2.groups() == ("2", "4", "2")
+    assert lead.returncode == ours.returncode == 1

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared_path
+from conftest import golden_path, shared_path
 from transcam_nb.cam import multiscale_cam, multiscale_sum, normalize_cam, preprocess
 from transcam_nb.metrics import ConfusionMatrix
 from transcam_nb.pseudo import label_map
@@ -24,12 +24,11 @@ TOL = {"cond": (1e-3, 0.0005, 5e-4), "spec": (2e-2, 0.01, 5e-3)}
 def _golden_model(which):
     from transcam_nb.models import create_model, load_checkpoint
 
-    gdir = shared_path("reference", "golden")
     model = create_model("transcam_tiny", num_classes=21, embed_dim=64, num_heads=4, channel_ratio=1,
                          drop_path_rate=0.0)
-    sd = torch.load(gdir / "weights.pt", map_location="cpu", weights_only=True)
+    sd = torch.load(golden_path("weights.pt"), map_location="cpu", weights_only=True)
     if which == "cond":
-        sd.update(torch.load(gdir / "weights_cond_overrides.pt", map_location="cpu", weights_only=True))
+        sd.update(torch.load(golden_path("weights_cond_overrides.pt"), map_location="cpu", weights_only=True))
     load_checkpoint(model, sd)
     return model.eval()
 
@@ -37,7 +36,7 @@ def _golden_model(which):
 @pytest.fixture(scope="module", params=["cond", "spec"])
 def golden_run(request):
     which = request.param
-    g = np.load(shared_path("reference", "golden", f"golden_{'cond_' if which == 'cond' else ''}pipeline.npz"))
+    g = np.load(golden_path(f"golden_{'cond_' if which == 'cond' else ''}pipeline.npz"))
     from PIL import Image
 
     with Image.open(shared_path(*PHOTO)) as im:
@@ -104,7 +103,7 @@ def test_bf16_autocast_stays_close_on_cond():
     """bf16 autocast (network only; refinement and fusion in float32) on the cond golden model."""
     from PIL import Image
 
-    g = np.load(shared_path("reference", "golden", "golden_cond_pipeline.npz"))
+    g = np.load(golden_path("golden_cond_pipeline.npz"))
     with Image.open(shared_path(*PHOTO)) as im:
         img = im.convert("RGB")
     model = _golden_model("cond")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import shared_path
+from conftest import golden_path, shared_path
 from transcam_nb.config import VOC_CLASSES
 from transcam_nb.metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
 from transcam_nb.pseudo import label_map
@@ -182,7 +182,7 @@ def test_sweep_uses_float32_threshold_like_the_reference():
 @pytest.mark.parametrize("weights", ["", "cond_"])
 def test_golden_label_maps_and_metric(weights):
     """The pipeline's metric steps on the stored cam_<k>: label maps at τ 0.25/0.60, counts, IoU, mIoU."""
-    g = np.load(shared_path("reference", "golden", f"golden_{weights}pipeline.npz"))
+    g = np.load(golden_path(f"golden_{weights}pipeline.npz"))
     keys = g["cam_keys"]
     cams = np.stack([g[f"cam_{k}"] for k in keys])
     gt = g["gt_mask"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, shared_path
+from conftest import REPO, golden_path, shared_path
 from transcam_nb.models import CheckpointError, create_model, count_parameters, list_models, load_checkpoint
 
 GOLDEN_CFG = dict(num_classes=21, embed_dim=64, num_heads=4, channel_ratio=1, drop_path_rate=0.0)
@@ -78,10 +78,9 @@ def test_unknown_names_and_overrides():
 
 # --------------------------------------------------------------------------- golden equality
 def _golden_model(weights):
-    g = shared_path("reference", "golden")
-    sd = torch.load(g / "weights.pt", weights_only=True)
+    sd = torch.load(golden_path("weights.pt"), weights_only=True)
     if weights == "cond":
-        sd.update(torch.load(g / "weights_cond_overrides.pt", weights_only=True))
+        sd.update(torch.load(golden_path("weights_cond_overrides.pt"), weights_only=True))
     model = create_model("transcam_tiny", **GOLDEN_CFG).eval()
     load_checkpoint(model, sd)
     return model
@@ -95,8 +94,7 @@ def _rel(ours, ref):
 @pytest.mark.parametrize("weights", ["spec", "cond"])
 @pytest.mark.parametrize("which", ["random128", "photo128", "photo192"])
 def test_golden_forward_equals_authors_code(weights, which):
-    g = shared_path("reference", "golden")
-    data = np.load(g / (f"golden_cond_{which}.npz" if weights == "cond" else f"golden_{which}.npz"))
+    data = np.load(golden_path(f"golden_cond_{which}.npz" if weights == "cond" else f"golden_{which}.npz"))
     model = _golden_model(weights)
     x = torch.from_numpy(data["input"])
     with torch.no_grad():

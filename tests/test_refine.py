@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared_path
+from conftest import golden_path, shared_path
 from transcam_nb.refine import (
     METHODS,
     attention_map,
@@ -272,7 +272,7 @@ def test_golden_refinement_from_authors_attention(fname):
 
     Tolerance from golden/README.md: max|ours - ref| <= 1e-4 * max|ref| per array.
     """
-    g = np.load(shared_path("reference", "golden", fname))
+    g = np.load(golden_path(fname))
     hm = torch.from_numpy(g["attn_headmean"])  # [12, B, N, N]
     cam = torch.from_numpy(g["convcam"])  # [B, 21, h, w]
     for method in ("transcam", "clsattn", "attnagg"):
@@ -287,7 +287,7 @@ def test_golden_refinement_from_authors_attention(fname):
 
 def test_golden_detects_the_wrong_orientation():
     """The golden comparison can fail: A^T instead of A (attnagg for transcam) is far off (cond)."""
-    g = np.load(shared_path("reference", "golden", "golden_cond_random128.npz"))
+    g = np.load(golden_path("golden_cond_random128.npz"))
     hm = torch.from_numpy(g["attn_headmean"])
     wrong = refine_cam(torch.from_numpy(g["convcam"]), hm, "attnagg").numpy()
     ref = g["transcam"]

@@ -34,3 +34,23 @@ def test_multiscale_variants_equal_multiscale_cam(model):
         np.testing.assert_array_equal(got[name][1], classes)
         assert got[name][0].shape == (2, 45, 70)
         np.testing.assert_allclose(got[name][0], cams, atol=1e-3, rtol=1e-3, err_msg=name)  # SDPA vs explicit softmax: float noise, magnified by min-max
+
+
+def test_setup_silences_the_package_log_for_the_book(capsys):
+    """The book's Setup cell keeps [cached]/[compute] chatter out of the outputs (issue 14)."""
+    import logging
+
+    from transcam_nb import workflow
+
+    log = logging.getLogger("transcam_nb")
+    old = log.level
+    try:
+        workflow.setup("tiny", verbose=False)
+        assert not log.isEnabledFor(logging.INFO)
+        assert workflow._progress(None) is False and workflow._progress(True) is True
+        workflow.setup("tiny", verbose=False, log_level=logging.INFO, progress=True)
+        assert log.isEnabledFor(logging.INFO)
+        assert workflow._progress(None) is True
+    finally:
+        log.setLevel(old)
+        workflow.PROGRESS["default"] = False

@@ -7,12 +7,13 @@ the figure, so notebooks can compose them. Inputs are NumPy arrays or tensors: i
 """
 from __future__ import annotations
 
-from typing import Sequence
+from functools import partial
+from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["colorize_labels", "show_image", "show_cam", "show_labels", "show_attention_point",
-           "image_grid", "plot_curves", "plot_tau_curve"]
+__all__ = ["colorize_labels", "show_image", "show_cam", "show_labels", "show_map", "show_attention_point",
+           "image_grid", "image_mask_gallery", "label_row", "cam_gallery", "plot_stages", "plot_curves", "plot_tau_curve"]
 
 
 def _np(x):
@@ -88,6 +89,14 @@ def show_labels(labels, image=None, ax=None, title: str | None = None, alpha: fl
     return ax
 
 
+def show_map(image, m, ax=None, title: str | None = None):
+    """One map over ``image``: integers (or booleans) as a label map, floats as a CAM heat map."""
+    kind = _np(m).dtype
+    if np.issubdtype(kind, np.integer) or kind == bool:
+        return show_labels(_np(m).astype(np.int64), image, ax, title=title)
+    return show_cam(image, m, ax, title=title)
+
+
 def show_attention_point(image, attn, point_yx: tuple[int, int], grid_hw: tuple[int, int], ax=None,
                          title: str | None = None):
     """Attention of one reference location (the paper's Fig. 3).
@@ -135,6 +144,37 @@ def image_grid(rows: Sequence[Sequence], titles: Sequence[Sequence[str]] | None 
     return fig
 
 
+def image_mask_gallery(images: Sequence, masks: Sequence, titles: Sequence[str] | None = None,
+                       size: float = 2.2):
+    """Two rows: the images, and under each its label map drawn over it (VOC palette)."""
+    rows = [[partial(show_image, im) for im in images],
+            [partial(show_labels, m, im) for im, m in zip(images, masks)]]
+    head = list(titles) if titles is not None else [""] * len(images)
+    return image_grid(rows, titles=[head, [""] * len(images)], size=size, row_labels=["image", "mask"])
+
+
+def label_row(image, label_maps: Mapping[str, object], size: float = 2.2):
+    """One row: each named label map over the same image (e.g. ground truth, several τ, or the
+    pipeline's stages), titled with its name."""
+    rows = [[partial(show_labels, m, image) for m in label_maps.values()]]
+    return image_grid(rows, titles=[list(label_maps)], size=size)
+
+
+def cam_gallery(images: Sequence, columns: Mapping[str, Sequence], size: float = 2.2):
+    """A gallery of CAM / TransCAM / labels for given images: one row per image, the image first,
+    then one panel per named column. ``columns[name][i]`` is image ``i``'s map: a float map in
+    [0, 1] is drawn as a heat map over the image, an integer map as a label map (``show_map``);
+    ``None`` leaves the panel empty."""
+    rows = []
+    for i, im in enumerate(images):
+        row = [partial(show_image, im)]
+        for maps in columns.values():
+            row.append(None if maps[i] is None else partial(show_map, im, maps[i]))
+        rows.append(row)
+    titles = [["image", *columns]] * len(images)
+    return image_grid(rows, titles=titles, size=size)
+
+
 def plot_curves(df, x: str, ys: Sequence[str], ax=None, title: str | None = None, smooth: int = 1):
     """Training curves from a metrics log (a pandas DataFrame); ``smooth`` is a moving-average window."""
     ax = _ax(ax, figsize=(5, 3))
@@ -167,6 +207,29 @@ def plot_tau_curve(curves: dict, ax=None, fixed_tau: float | None = None, title:
     ax.set_xlabel("background threshold τ")
     ax.set_ylabel("mIoU (%)")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax
+
+
+def plot_stages(ours: Mapping[str, float], paper: Mapping[str, float] | None = None, ax=None,
+                title: str | None = None):
+    """mIoU (%) after each stage of the pipeline, in order, as bars; ``paper`` (same stage
+    names, a subset is fine) adds the paper's reported numbers as hollow bars beside them."""
+    ax = _ax(ax, figsize=(6.5, 3.2))
+    names = list(ours)
+    xs = np.arange(len(names))
+    width = 0.4 if paper else 0.6
+    bars = ax.bar(xs - (width / 2 if paper else 0), [ours[n] for n in names], width=width, label="ours")
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    if paper:
+        have = [i for i, n in enumerate(names) if n in paper]
+        ax.bar(xs[have] + width / 2, [paper[names[i]] for i in have], width=width, fill=False,
+               edgecolor="gray", hatch="//", label="paper (VOC 2012)")
+    ax.set_xticks(xs, names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)

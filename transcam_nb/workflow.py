@@ -19,6 +19,7 @@ Environment variables:
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -46,9 +47,26 @@ DEFAULT_VARIANTS: dict[str, tuple[str, object]] = {
 }
 
 
-def setup(profile: str | Profile | None = None, *, verbose: bool = True, **overrides) -> Profile:
+#: Whether the book's long calls (training, CAM sweeps) draw progress bars when not told; set by
+#: :func:`setup` (off: the bars' thousands of updates would land in the rendered chapters).
+PROGRESS = {"default": False}
+
+
+def _progress(flag: bool | None) -> bool:
+    return PROGRESS["default"] if flag is None else bool(flag)
+
+
+def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_level: int = logging.WARNING,
+          progress: bool = False, **overrides) -> Profile:
     """The Setup cell: choose the profile (argument, else ``$TRANSCAM_PROFILE``, else tiny),
-    apply the paper profile's path variables, set threads and seeds, print what was chosen."""
+    apply the paper profile's path variables, set threads and seeds, print what was chosen.
+
+    The package's progress and cache messages (``[cached] ...``, ``[compute] ...`` on the
+    ``transcam_nb`` logger) are kept out of the chapters' outputs: the logger is set to
+    ``log_level`` (WARNING; pass ``logging.INFO`` to see them while working in a notebook), and
+    progress bars are off unless ``progress=True``."""
+    logging.getLogger("transcam_nb").setLevel(log_level)
+    PROGRESS["default"] = bool(progress)
     if not isinstance(profile, Profile):
         profile = get_profile(profile)
     env = {}
@@ -77,7 +95,7 @@ def data_root(profile: Profile) -> Path:
     return Path(resolve_data_root(profile, progress=False))
 
 
-def classifier(profile: Profile, *, init: str | None = "profile", progress: bool = True, **overrides):
+def classifier(profile: Profile, *, init: str | None = "profile", progress: bool | None = None, **overrides):
     """The trained classifier of ``profile``: ``(model, run_dir)``, from the classifier cache
     (:func:`transcam_nb.pipeline.classifier.cached_classifier`, shared with the pipeline).
 
@@ -88,7 +106,7 @@ def classifier(profile: Profile, *, init: str | None = "profile", progress: bool
     """
     from .pipeline.classifier import cached_classifier
 
-    return cached_classifier(profile, init=init, progress=progress, **overrides)
+    return cached_classifier(profile, init=init, progress=_progress(progress), **overrides)
 
 
 def eval_dataset(profile: Profile, split: str | None = None):
@@ -141,7 +159,7 @@ def multiscale_variants(model, image, labels, *, variants: dict | None = None, s
 
 def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, split: str | None = None,
                       limit: int | None = None, taus: Sequence[float] | None = None, fixed_tau: float | None = None,
-                      cache_key: dict | str | None = None, progress: bool = True) -> dict:
+                      cache_key: dict | str | None = None, progress: bool | None = None) -> dict:
     """Pseudo-label quality of each refinement variant on a split: the τ sweep, the best τ (chosen
     on ground truth, so optimistic) and the mIoU at a τ fixed in advance.
 
@@ -162,7 +180,7 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
         n = len(ds) if limit is None else min(limit, len(ds))
         K = len(ds.class_names)
         sweeps = {name: ThresholdSweep(taus, num_classes=K + 1) for name in variants}
-        for i in tqdm(range(n), desc="CAMs", disable=not progress):
+        for i in tqdm(range(n), desc="CAMs", disable=not _progress(progress)):
             item = ds[i]
             res = multiscale_variants(model, item.image, item.label, variants=variants, scales=profile.scales,
                                       flip=profile.flip, square=profile.square)

@@ -54,6 +54,7 @@ class Profile:
     max_steps: int | None = None  # step budget; None = epochs × (len(train set) // batch_size)
     lr_schedule: str = "constant"  # "constant" (the reference) | "cosine" (linear warm-up, cosine to 0)
     warmup_frac: float = 0.0  # fraction of the steps spent in the linear warm-up (cosine only)
+    trans_lr_mult: float = 1.0  # lr multiplier of the transformer branch while fine-tuning (0 = frozen; issue 11)
     no_decay_norm_bias: bool = False  # True: no weight decay on norms, biases, cls_token (reference: one group)
     jitter: tuple | None = (0.3, 0.3, 0.3, 0.1)  # ColorJitter (brightness, contrast, saturation, hue)
     per_device_batch: bool = False  # False: batch_size is the global batch, split over DDP processes

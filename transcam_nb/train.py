@@ -106,6 +106,8 @@ __all__ = [
     "build_eval_dataset",
     "EvalTransform",
     "param_groups",
+    "is_transformer_branch",
+    "apply_trans_lr_mult",
     "lr_at",
     "ResumableDistributedSampler",
     "train_loop",
@@ -305,17 +307,46 @@ def build_eval_dataset(profile: Profile, data_root=None, split: str | None = Non
 # =========================================================================================
 # optimiser pieces
 # =========================================================================================
-def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = False) -> list[dict]:
+def is_transformer_branch(name: str) -> bool:
+    """Whether parameter ``name`` of a Conformer belongs to its transformer branch: ``trans_1``,
+    ``trans_patch_conv``, ``cls_token``, every ``conv_trans_i.trans_block`` and
+    ``conv_trans_i.squeeze_block`` (FCUDown). Not the heads (``trans_norm``, ``trans_cls_head``)."""
+    parts = name.split(".")
+    if parts[0] in ("trans_1", "trans_patch_conv", "cls_token"):
+        return True
+    return parts[0].startswith("conv_trans_") and len(parts) > 1 and parts[1] in ("trans_block", "squeeze_block")
+
+
+def apply_trans_lr_mult(model: nn.Module, mult: float) -> int:
+    """``mult == 0``: freeze the transformer branch (:func:`is_transformer_branch`,
+    ``requires_grad=False``); returns the number of parameters matched."""
+    n = 0
+    for name, p in model.named_parameters():
+        if is_transformer_branch(name):
+            n += 1
+            if mult == 0:
+                p.requires_grad_(False)
+    return n
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = False,
+                 trans_lr_mult: float = 1.0) -> list[dict]:
     """AdamW parameter groups. The reference uses **one** group (weight decay on everything);
-    ``no_decay_norm_bias`` exempts 1-D parameters (norm weights, biases) and ``cls_token``."""
+    ``no_decay_norm_bias`` exempts 1-D parameters (norm weights, biases) and ``cls_token``.
+    Every group carries ``lr_mult`` (the loop sets ``lr = lr_mult × schedule``):
+    ``trans_lr_mult`` for the transformer branch (:func:`is_transformer_branch`; issue 11),
+    1 elsewhere. Frozen parameters (``requires_grad=False``) are left out."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not no_decay_norm_bias:
-        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
+    groups: dict = {(False, 1.0): []}
+    if no_decay_norm_bias:  # both groups always exist (optimizer states of earlier runs resume)
+        groups[(True, 1.0)] = []
     for n, p in params:
-        (no_decay if p.ndim <= 1 or n in skip or n.split(".")[-1] in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        nd = no_decay_norm_bias and (p.ndim <= 1 or n in skip or n.split(".")[-1] in skip)
+        mult = float(trans_lr_mult) if trans_lr_mult != 1.0 and is_transformer_branch(n) else 1.0
+        groups.setdefault((nd, mult), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr_mult": mult}
+            for (nd, mult), ps in sorted(groups.items(), key=lambda kv: (kv[0][1] != 1.0, kv[0]))]
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "constant", warmup_frac: float = 0.0) -> float:
@@ -358,6 +389,7 @@ class LoopConfig:
     no_decay_norm_bias: bool = False
     lr_schedule: str = "constant"
     warmup_frac: float = 0.0
+    trans_lr_mult: float = 1.0  # learning-rate multiplier of a Conformer's transformer branch (0 = frozen)
     grad_clip: float | None = None
     amp: str = "auto"
     compile: bool = False
@@ -746,8 +778,10 @@ def _train_loop(model, dataset, loss_fn, out_dir: Path, cfg: LoopConfig, *, devi
     raw_model.to(device)
     if cfg.channels_last:
         raw_model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay, cfg.no_decay_norm_bias),
-                                  lr=cfg.lr, eps=1e-8)
+    if cfg.trans_lr_mult == 0:
+        apply_trans_lr_mult(raw_model, 0.0)
+    optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay, cfg.no_decay_norm_bias,
+                                               cfg.trans_lr_mult), lr=cfg.lr, eps=1e-8)
     amp_dtype, use_scaler = _amp_setup(cfg.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
 
@@ -864,7 +898,7 @@ def _train_loop(model, dataset, loss_fn, out_dir: Path, cfg: LoopConfig, *, devi
             for x, target in loader:
                 lr = lr_at(step, total_steps, cfg.lr, cfg.lr_schedule, cfg.warmup_frac)
                 for g_ in optimizer.param_groups:
-                    g_["lr"] = lr
+                    g_["lr"] = lr * g_.get("lr_mult", 1.0)
                 x = _to_device(x, device, non_blocking=True, channels_last=cfg.channels_last)
                 target = _to_device(target, device, non_blocking=True)
                 if amp_dtype is not None:

@@ -49,8 +49,8 @@ Outputs in ``--out``: ``pretrained.pt`` (fp16 state_dict under ``"model"``), ``m
 (the exact command, config and its hash, pretext version, seed, wall time, final metrics),
 ``log.jsonl`` and ``last.pt`` (resume state: a killed run continues where it stopped).
 ``--ship`` copies the weights and the manifest into ``transcam_nb/weights/`` as
-``<profile>_pretrained.{pt,json}``: the tiny profile's ``init_checkpoint``
-(``"package:tiny_pretrained.pt"``).
+``<profile>_pretrained.{pt,json}`` (``--ship-name`` another stem, e.g. ``tiny_pretrained_grouped``):
+the tiny profile's ``init_checkpoint`` (``"package:tiny_pretrained.pt"``).
 """
 from __future__ import annotations
 

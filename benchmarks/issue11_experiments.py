@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
-    from transcam_nb.profiles import get_profile
-    from transcam_nb.train import resolve_data_root
+    from transcam_nb.config import get_profile
+    from transcam_nb.data.roots import resolve_data_root
 
     prof = get_profile("tiny")
     t0 = time.perf_counter()

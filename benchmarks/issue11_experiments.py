@@ -29,7 +29,7 @@ def _model_from(weights, profile):
     from transcam_nb.weights import resolve_checkpoint
 
     sd = read_state_dict(resolve_checkpoint(weights))
-    n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else profile.num_classes + 1
+    n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else profile.num_fg + 1
     kw = dict(profile.model_overrides)
     kw["drop_path_rate"] = 0.0
     model = create_model(profile.model, num_classes=n_out, **kw)

@@ -65,9 +65,9 @@ def _files(out: Path):
 
 
 def _assert_same_outputs(a: Path, b: Path, ids):
-    fa = [f for f in _files(a) if f != "cams_config.json"]
-    assert fa == [f for f in _files(b) if f != "cams_config.json"]
-    assert len([f for f in fa if f.startswith("cams/")]) == len(ids)
+    fa = [f for f in _files(a) if f != "cams/config.json"]
+    assert fa == [f for f in _files(b) if f != "cams/config.json"]
+    assert len([f for f in fa if f.startswith("cams/transcam/")]) == len(ids)
     for f in fa:
         if f.endswith(".npz"):
             with np.load(a / f) as za, np.load(b / f) as zb:
@@ -91,14 +91,14 @@ def test_outputs_layout(reference_run, setup):
     out = reference_run
     files = _files(out)
     for iid in ids:
-        assert f"cams/{iid}.npz" in files
+        assert f"cams/transcam/{iid}.npz" in files  # the pipeline's cams layout
         assert f"labels_t0.25/{iid}.png" in files and f"labels_t0.60/{iid}.png" in files
-    cfg = json.loads((out / "cams_config.json").read_text())
-    assert cfg["scales"] == [32, 48] and cfg["method"] == "transcam"
+    cfg = json.loads((out / "cams" / "config.json").read_text())
+    assert cfg["stage"] == "cams" and cfg["spec"]["scales"] == [32, 48] and cfg["spec"]["method"] == "transcam"
     # the CAMs cover the labelled classes at the original size; labels follow Eq. 8
     from transcam_nb.pseudo import label_map, load_cams
 
-    cams, classes = load_cams(out / "cams" / f"{ids[1]}.npz")
+    cams, classes = load_cams(out / "cams" / "transcam" / f"{ids[1]}.npz")
     mask = np.asarray(Image.open(root / "SegmentationClass" / f"{ids[1]}.png"))
     assert cams.shape[1:] == mask.shape
     assert set((classes + 1).tolist()) == set(np.unique(mask).tolist()) - {0, 255}
@@ -115,7 +115,7 @@ def test_killed_run_resumes_to_identical_outputs(setup, reference_run, tmp_path)
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
-            n = len(list((out / "cams").glob("*.npz"))) if (out / "cams").is_dir() else 0
+            n = len(list((out / "cams" / "transcam").glob("*.npz"))) if (out / "cams" / "transcam").is_dir() else 0
             if n >= 2 or proc.poll() is not None:
                 break
             time.sleep(0.02)
@@ -125,7 +125,7 @@ def test_killed_run_resumes_to_identical_outputs(setup, reference_run, tmp_path)
     finally:
         if proc.poll() is None:
             proc.kill()
-    done_before = len(list((out / "cams").glob("*.npz")))
+    done_before = len(list((out / "cams" / "transcam").glob("*.npz")))
     assert 2 <= done_before < N_IMAGES
     # re-run: finishes the rest, skipping what is done
     assert main(_cams_argv(root, ckpt, out)) == 0
@@ -140,9 +140,9 @@ def test_labels_regenerated_from_cam_file(setup, reference_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference_run, out)
     (out / "labels_t0.60" / f"{ids[3]}.png").unlink()
-    before = (out / "cams" / f"{ids[3]}.npz").stat().st_mtime_ns
+    before = (out / "cams" / "transcam" / f"{ids[3]}.npz").stat().st_mtime_ns
     assert main(_cams_argv(root, ckpt, out)) == 0
-    assert (out / "cams" / f"{ids[3]}.npz").stat().st_mtime_ns == before
+    assert (out / "cams" / "transcam" / f"{ids[3]}.npz").stat().st_mtime_ns == before
     _assert_same_outputs(out, reference_run, ids)
 
 
@@ -150,7 +150,7 @@ def test_shards_cover_the_list(setup, reference_run, tmp_path, monkeypatch):
     root, ckpt, ids = setup
     out = tmp_path / "out"
     assert main(_cams_argv(root, ckpt, out, "--shard", "1/3")) == 0
-    assert len(list((out / "cams").glob("*.npz"))) == len(ids[1::3])
+    assert len(list((out / "cams" / "transcam").glob("*.npz"))) == len(ids[1::3])
     # torchrun-style environment selects the shard
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
@@ -201,17 +201,17 @@ def _independent_miou(cam_dir: Path, mask_dir: Path, ids, tau):
 def test_evaluate_against_independent_metric(setup, reference_run, tmp_path, capsys):
     root, ckpt, ids = setup
     js = tmp_path / "eval.json"
-    argv = ["evaluate", "--pred-dir", str(reference_run / "cams"), "--data-root", str(root), "--split", "mini",
+    argv = ["evaluate", "--pred-dir", str(reference_run / "cams" / "transcam"), "--data-root", str(root), "--split", "mini",
             "--fixed-tau", "0.25", "--sweep", "--json", str(js), "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "tvmonitor" in printed and "best τ" in printed and "fixed τ = 0.25" in printed
     res = json.loads(js.read_text())
-    expected = _independent_miou(reference_run / "cams", root / "SegmentationClass", ids, 0.25)
+    expected = _independent_miou(reference_run / "cams" / "transcam", root / "SegmentationClass", ids, 0.25)
     assert res["miou_fixed_tau"] == pytest.approx(expected, abs=1e-12)
     assert len(res["curve"]) == 91  # metrics.DEFAULT_THRESHOLDS: 0.00 ... 0.90
     t_best = res["best_tau"]
-    assert res["best_miou"] == pytest.approx(_independent_miou(reference_run / "cams", root / "SegmentationClass",
+    assert res["best_miou"] == pytest.approx(_independent_miou(reference_run / "cams" / "transcam", root / "SegmentationClass",
                                                                ids, t_best), abs=1e-12)
     assert res["best_miou"] == pytest.approx(max(res["curve"].values()))
     # the label PNGs written by `cams` evaluate to the same number
@@ -227,7 +227,7 @@ def test_evaluate_missing_predictions(setup, reference_run, tmp_path):
 
     root, ckpt, ids = setup
     pred = tmp_path / "cams"
-    shutil.copytree(reference_run / "cams", pred)
+    shutil.copytree(reference_run / "cams" / "transcam", pred)
     (pred / f"{ids[0]}.npz").unlink()
     argv = ["evaluate", "--pred-dir", str(pred), "--data-root", str(root), "--split", "mini", "--no-progress"]
     with pytest.raises(SystemExit, match="1 of 8 images have no prediction"):

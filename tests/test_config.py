@@ -71,6 +71,9 @@ def test_one_record_per_profile_defines_every_stage():
     assert tiny.pretrain.model_overrides == tiny.classifier.model_overrides == config.TINY_MODEL
     with pytest.raises(ValueError, match="unknown profile"):
         get_profile("huge")
+    # vocabulary: num_fg = K foreground classes; num_classes only where a network's outputs are meant
+    assert tiny.classifier.num_fg == 8 and not hasattr(tiny.classifier, "num_classes")
+    assert SETTINGS["paper"].classifier.num_fg == 20 and SETTINGS["paper"].segmentation.num_classes == 21
 
 
 def test_one_voc_class_list():

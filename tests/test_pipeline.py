@@ -26,7 +26,7 @@ MINI = dict(image_size=64, n_train=16, n_val=8, n_test=0, num_classes=4)
 def mini(tmp_path_factory):
     root = synthetic.ensure(tmp_path_factory.mktemp("data"), seed=0, workers=0, progress=False, **MINI)
     prof = get_profile(
-        "tiny", data_root=str(root), num_classes=4, synthetic=None, init_checkpoint=None,
+        "tiny", data_root=str(root), num_fg=4, synthetic=None, init_checkpoint=None,
         model_overrides=dict(embed_dim=32, num_heads=2, channel_ratio=0.25, depth=12),
         max_steps=2, batch_size=4, crop_size=64, resize_long=(56, 80), final_eval=False, scales=(32, 64),
         checkpoint_minutes=None, deterministic=True, threads=1, device="cpu",
@@ -207,7 +207,7 @@ def test_cli_pipeline_and_stage_commands(full_run, mini, capsys):
     args = parser.parse_args(["crf", "--out", str(out), "--shard", "1/2"])
     assert args.pipeline_stage == "crf"
     # the finished run, driven from the command line with the same settings: everything skipped
-    sets = [f"data_root={root}", "num_classes=4", "synthetic=None", "init_checkpoint=None", "max_steps=2", "batch_size=4",
+    sets = [f"data_root={root}", "num_fg=4", "synthetic=None", "init_checkpoint=None", "max_steps=2", "batch_size=4",
             "crop_size=64", "resize_long=[56,80]", "final_eval=False", "scales=[32,64]", "checkpoint_minutes=None",
             "deterministic=True", "device=cpu",
             'model_overrides={"embed_dim": 32, "num_heads": 2, "channel_ratio": 0.25, "depth": 12}']

@@ -135,7 +135,7 @@ def test_a_few_pretraining_steps_and_fine_tune_loading(tmp_path):
     assert len(moved) > 10
     # fine-tuning start: the profile's network (K + 1 = 9 outputs), heads dropped, the rest loaded
     prof = get_profile("tiny", model_overrides=dict(cfg.model_overrides), init_checkpoint=None)
-    ft = build_model_for_profile(prof, run / "pretrained.pt", num_classes=8, verbose=False)
+    ft = build_model_for_profile(prof, run / "pretrained.pt", num_fg=8, verbose=False)
     assert ft.conv_cls_head.out_channels == 9
     got = ft.state_dict()
     for k, v in sd.items():

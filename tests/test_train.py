@@ -52,7 +52,7 @@ def data_root(tmp_path_factory):
 
 
 def small_profile(root, **kw):
-    base = dict(model_overrides=SMALL_MODEL, init_checkpoint=None, num_classes=3, batch_size=4, crop_size=64,
+    base = dict(model_overrides=SMALL_MODEL, init_checkpoint=None, num_fg=3, batch_size=4, crop_size=64,
                 resize_long=(56, 80),
                 data_root=str(root), max_steps=6, checkpoint_minutes=None, deterministic=True, final_eval=False,
                 synthetic=None, threads=1, device="cpu")
@@ -175,7 +175,7 @@ def test_param_groups_transformer_lr_multiplier():
 def test_frozen_transformer_branch_does_not_move(data_root, tmp_path):
     prof = small_profile(data_root, max_steps=2, trans_lr_mult=0.0)
     torch.manual_seed(0)
-    m = build_model_for_profile(prof, num_classes=3)
+    m = build_model_for_profile(prof, num_fg=3)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     train_classifier(prof, tmp_path / "frozen", model=m, progress=False)
     moved = {n for n, p in m.named_parameters() if not torch.equal(p.detach(), before[n])}
@@ -215,7 +215,7 @@ def test_init_from_imagenet_layout_drops_heads(tmp_path):
     official = create_model("conformer_tiny_patch16", num_classes=10, **SMALL_MODEL)  # Linear heads, stride 2
     path = tmp_path / "imagenet.pth"
     torch.save({"model": official.state_dict()}, path)
-    prof = get_profile("tiny", model_overrides=SMALL_MODEL, num_classes=3, init_checkpoint=None)
+    prof = get_profile("tiny", model_overrides=SMALL_MODEL, num_fg=3, init_checkpoint=None)
     torch.manual_seed(2)
     model = build_model_for_profile(prof, init=path, verbose=False)
     torch.manual_seed(2)
@@ -236,7 +236,7 @@ def test_init_drops_heads_even_when_they_fit(tmp_path):
         trained.trans_cls_head.weight.fill_(7.0)
     path = tmp_path / "trained.pth"
     torch.save(trained.state_dict(), path)
-    prof = get_profile("tiny", model_overrides=SMALL_MODEL, num_classes=3, init_checkpoint=None)
+    prof = get_profile("tiny", model_overrides=SMALL_MODEL, num_fg=3, init_checkpoint=None)
     model = build_model_for_profile(prof, init=path, verbose=False)
     assert not torch.equal(model.trans_cls_head.weight, trained.trans_cls_head.weight)
     assert torch.equal(model.trans_1.attn.qkv.weight, trained.trans_1.attn.qkv.weight)
@@ -259,7 +259,7 @@ train_classifier(prof, cfg["out"], resume=False, checkpoint_every_steps=2, log_e
 
 
 def _profile_json(root, **kw):
-    d = dict(model_overrides=SMALL_MODEL, init_checkpoint=None, num_classes=3, batch_size=4, crop_size=64,
+    d = dict(model_overrides=SMALL_MODEL, init_checkpoint=None, num_fg=3, batch_size=4, crop_size=64,
              resize_long=[56, 80],
              data_root=str(root), max_steps=6, checkpoint_minutes=None, deterministic=True, final_eval=False,
              synthetic=None, threads=1, device="cpu")
@@ -404,7 +404,7 @@ def test_cli_tiny_profile_generates_the_benchmark(tmp_path, monkeypatch, capsys)
     out = tmp_path / "cli_run"
     rc = cli.main(["train", "--profile", "tiny", "--out", str(out), "--max-steps", "2", "--no-progress",
                    "--set", "synthetic={'image_size': 64, 'n_train': 8, 'n_val': 4, 'n_test': 0}",
-                   "--set", "num_classes=3", "--set", f"model_overrides={SMALL_MODEL!r}", "--set", "crop_size=64",
+                   "--set", "num_fg=3", "--set", f"model_overrides={SMALL_MODEL!r}", "--set", "crop_size=64",
                    "--set", "init_checkpoint=None",
                    "--set", "resize_long=[56, 80]", "--set", "batch_size=4", "--set", "final_eval=False",
                    "--device", "cpu", "--amp", "off"])
@@ -434,7 +434,7 @@ def test_tiny_profile_starts_from_its_package_weights():
     own = model.state_dict()
     body = [k for k in own if "cls_head" not in k]
     assert body and all(torch.equal(own[k], sd[k].to(own[k].dtype)) for k in body)
-    assert own["conv_cls_head.weight"].shape[0] == prof.num_classes + 1
+    assert own["conv_cls_head.weight"].shape[0] == prof.num_fg + 1
 
 
 def test_paper_profile_refuses_to_start_from_random_weights(tmp_path):

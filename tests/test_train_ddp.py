@@ -42,7 +42,7 @@ def test_two_process_gloo_run(tmp_path):
                               n_test=0, num_classes=3)
     out = tmp_path / "ddp"
     out.mkdir()
-    prof = dict(model_overrides=SMALL_MODEL, init_checkpoint=None, num_classes=3, batch_size=4, crop_size=64, resize_long=[56, 80],
+    prof = dict(model_overrides=SMALL_MODEL, init_checkpoint=None, num_fg=3, batch_size=4, crop_size=64, resize_long=[56, 80],
                 data_root=str(root), max_steps=4, checkpoint_minutes=None, final_eval=False, synthetic=None,
                 threads=1, device="cpu")
     script = tmp_path / "ddp_script.py"

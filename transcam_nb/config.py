@@ -191,7 +191,7 @@ class Profile(Settings):
     train_split: str = "train_aug"
     eval_split: str = "train"  # pseudo-label quality is measured on VOC train (1,464)
     val_split: str = "val"
-    num_classes: int = 20  # foreground classes K (the network has K + 1 outputs)
+    num_fg: int = 20  # foreground classes K (the classifier has K + 1 outputs)
     # --- training (docs/reference.md, classifier) ------------------------------------
     epochs: int = 20
     batch_size: int = 8
@@ -471,7 +471,7 @@ SETTINGS: dict[str, ProfileSettings] = {
             train_split="train",
             eval_split="val",
             val_split="val",
-            num_classes=8,
+            num_fg=8,
             epochs=6,  # upper bound; the step budget below ends the run first
             max_steps=600,  # ~10 k images: the pretrained tiny model reaches a usable classifier (300 gave mAP 0.44)
             batch_size=16,

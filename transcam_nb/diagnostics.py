@@ -423,7 +423,7 @@ def run_cli(args) -> int:
     prof = profile_from_args(args, data_root=False)
     set_threads(prof.threads)
     sd = read_state_dict(args.checkpoint)
-    n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else prof.num_classes + 1
+    n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else prof.num_fg + 1
     kw = dict(prof.model_overrides)
     kw["drop_path_rate"] = 0.0
     model = create_model(prof.model, num_classes=n_out, **kw)

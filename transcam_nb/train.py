@@ -65,10 +65,10 @@ from torch.utils.data import DataLoader
 
 from .data.roots import build_eval_dataset, build_train_dataset
 from .device import get_device, seed_everything, set_threads
-from .engine import (CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, append_jsonl, dist_env,
-                     read_jsonl, train_loop, write_json)
-from .models.factory import PROFILES_NEEDING_INIT, build_model_for_profile, require_init
+from .artifacts import append_jsonl, read_jsonl, write_json
 from .config import Profile, get_profile
+from .engine import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, dist_env, train_loop
+from .models.factory import PROFILES_NEEDING_INIT, build_model_for_profile, require_init
 
 __all__ = [
     "classification_loss",
@@ -101,9 +101,6 @@ def classification_loss(out, labels: torch.Tensor, w_conv: float = 0.5, w_trans:
     return F.multilabel_soft_margin_loss(logits[:, 1:], labels.float())
 
 
-# =========================================================================================
-# model and data from a profile
-# =========================================================================================
 # =========================================================================================
 # the classifier: thin wrapper
 # =========================================================================================
@@ -169,7 +166,7 @@ def train_classifier(
     dataset = build_train_dataset(prof, allow_pickle=allow_pickle, progress=progress and rank == 0)
     if model is None:
         seed_everything(prof.seed)  # the same initial weights on every process (DDP also broadcasts rank 0's)
-        model = build_model_for_profile(prof, None if resuming else prof.init_checkpoint, num_classes=dataset.num_classes,
+        model = build_model_for_profile(prof, None if resuming else prof.init_checkpoint, num_fg=dataset.num_classes,
                                         verbose=rank == 0)
     cfg = LoopConfig.from_profile(prof, log_every=log_every, checkpoint_every_steps=checkpoint_every_steps)
     w_conv, w_trans = float(prof.w_conv), float(prof.w_trans)

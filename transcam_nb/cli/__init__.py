@@ -5,9 +5,10 @@ Every argparse definition of the package lives in this package, with one vocabul
 ``--shard``, ``--device``, ``--threads``, ``--no-progress``). Commands:
 
 ``cams``
-    Multi-scale TransCAM inference for every image of a list: writes ``<out>/cams/<id>.npz``
-    (format: :mod:`transcam_nb.pseudo`) and, for each background threshold τ,
-    ``<out>/labels_t<τ>/<id>.png`` (VOC palette PNG, Eq. 7-8). Every write is atomic; finished
+    Multi-scale TransCAM inference for every image of a list, in the pipeline's cams layout:
+    ``<out>/cams/transcam/<id>.npz`` (``cams/cam/`` with ``--method none``, else the method's
+    name; format: :mod:`transcam_nb.pseudo`) with ``<out>/cams/config.json``, and, for each
+    background threshold τ, ``<out>/labels_t<τ>/<id>.png`` (VOC palette PNG, Eq. 7-8). Every write is atomic; finished
     images are skipped, so a killed run resumes where it stopped. Shard with ``--shard i/n`` or
     run under ``torchrun`` (``RANK``/``WORLD_SIZE`` give the shard; each process uses its
     ``LOCAL_RANK`` GPU)::
@@ -23,7 +24,7 @@ Every argparse definition of the package lives in this package, with one vocabul
     ``--sweep``, the τ curve over :data:`transcam_nb.metrics.DEFAULT_THRESHOLDS` (0.00 … 0.90)
     with its best τ (chosen on the ground truth, so optimistic: both are shown)::
 
-        python -m transcam_nb evaluate --pred-dir runs/cams/cams --data-root VOCdevkit/VOC2012 \\
+        python -m transcam_nb evaluate --pred-dir runs/cams/cams/transcam --data-root VOCdevkit/VOC2012 \\
             --split train --sweep --json runs/cams/eval.json
 
 ``train``

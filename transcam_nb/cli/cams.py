@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
-from ..artifacts import write_json
+from ..artifacts import config_hash, read_json, to_jsonable, write_json
 from .common import (UsageError, _DeprecatedAlias, add_checkpoint, add_data_root, add_out, add_profile, add_runtime,
                      add_set, add_shard, parse_floats, parse_model_args, parse_shard, profile_from_args,
                      register_stage)
@@ -16,6 +15,12 @@ from .common import (UsageError, _DeprecatedAlias, add_checkpoint, add_data_root
 log = logging.getLogger("transcam_nb.cli")
 
 __all__ = ["run_cams", "run_evaluate"]
+
+
+def cam_variant(method: str) -> str:
+    """The folder of a refinement method's CAMs under ``OUT/cams``: ``cam`` for ``none`` (Eq. 1),
+    else the method's name (``transcam``, as the pipeline's cams stage)."""
+    return "cam" if method == "none" else method
 
 
 def _tau_dirname(tau: float) -> str:
@@ -92,7 +97,9 @@ def run_cams(args: argparse.Namespace) -> int:
     todo_idx = list(range(len(ids)))[shard::nshard]
 
     out = Path(args.out)
-    cam_dir = out / "cams"
+    # the pipeline's layout: OUT/cams/<variant>/<id>.npz ("cam" for method none, else the method's
+    # name: "transcam" as the pipeline's cams stage) and OUT/cams/config.json {"stage", "key", "spec"}
+    cam_dir = out / "cams" / cam_variant(args.method)
     cam_dir.mkdir(parents=True, exist_ok=True)
     for t in taus:
         (out / _tau_dirname(t)).mkdir(parents=True, exist_ok=True)
@@ -100,19 +107,19 @@ def run_cams(args: argparse.Namespace) -> int:
         "model": model_name, "model_args": overrides, "checkpoint": str(Path(args.checkpoint).resolve()),
         "scales": list(scales), "flip": not args.no_flip, "square": not args.aspect, "method": args.method,
         "blocks": resolve_blocks(args.blocks, int(overrides.get("depth", 12))), "amp": args.amp,
-        "num_classes": num_fg, "class_names": list(ds.class_names),
+        "num_fg": num_fg, "class_names": list(ds.class_names),
     }
-    cfg_path = out / "cams_config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        same = {k: old.get(k) for k in config} == json.loads(json.dumps(config))
-        if not same:
+    spec = to_jsonable(config)
+    cfg_path = out / "cams" / "config.json"
+    old = read_json(cfg_path)
+    if old is not None:
+        if old.get("spec") != spec:
             raise UsageError(
-                f"{out} already holds CAMs made with another configuration ({cfg_path}); use a new --out "
+                f"{out.name} already holds CAMs made with another configuration (cams/config.json); use a new --out "
                 "folder or delete the old one"
             )
     elif shard == 0:
-        write_json(cfg_path, config)
+        write_json(cfg_path, {"stage": "cams", "command": "cams", "key": config_hash(spec), "spec": spec})
 
     def done(iid: str) -> tuple[bool, bool]:
         has_cam = (cam_dir / f"{iid}.npz").is_file()

@@ -33,7 +33,7 @@ def resolve_data_root(profile: Profile, data_root=None, *, progress: bool = True
     from . import synthetic
 
     params = dict(profile.synthetic)
-    params.setdefault("num_classes", profile.num_classes)
+    params.setdefault("num_classes", profile.num_fg)
     seed = params.pop("seed", 0)
     return synthetic.ensure(seed=seed, progress=progress, **params)
 
@@ -54,9 +54,9 @@ def build_train_dataset(profile: Profile, data_root=None, *, sbd_root=None, cls_
                     sbd_root=sbd_root if sbd_root is not None else profile.sbd_root,
                     cls_labels=cls_labels if cls_labels is not None else profile.cls_labels,
                     label_source=profile.label_source, allow_pickle=allow_pickle)
-    if ds.num_classes != profile.num_classes:
+    if ds.num_classes != profile.num_fg:
         raise ValueError(f"the dataset at {root} has {ds.num_classes} classes but profile {profile.name!r} "
-                         f"says num_classes={profile.num_classes}; pass --set num_classes={ds.num_classes}")
+                         f"says num_fg={profile.num_fg}; pass --set num_fg={ds.num_classes}")
     return ds
 
 

@@ -30,8 +30,8 @@ stage settings a resume must not change, data order, hooks for extra checkpoint 
 
 Pieces: :class:`LoopConfig`, :func:`lr_at`, :func:`param_groups`, :func:`make_optimizer`,
 :class:`ResumableDistributedSampler`, :func:`train_loop` (set-up, resume, steps, checkpoints and
-the end are the methods of one small class), :func:`load_training_checkpoint`, and the JSON-lines
-helpers :func:`append_jsonl`, :func:`read_jsonl`, :func:`truncate_log`.
+the end are the methods of one small class), :func:`load_training_checkpoint`, and the log
+truncation of a resume :func:`truncate_log` (JSON and JSON-lines files: :mod:`transcam_nb.artifacts`).
 """
 
 import dataclasses
@@ -48,20 +48,22 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from ..artifacts import append_jsonl, write_json
+from ..artifacts import json_default as _json_default
 from ..device import get_device, seed_everything
 from .config import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CLASSIFIER_NAME, LR_SCHEDULES, METRICS_NAME,  # noqa: F401
                      SUMMARY_NAME, LoopConfig, NonFiniteLossError, apply_trans_lr_mult, is_transformer_branch, lr_at,
                      make_optimizer, param_groups, set_lr)
 from .sampler import EpochIndexed, ResumableDistributedSampler  # noqa: F401
-from .state import (_batch_size_of, _check_resume_compatible, _init_distributed, _json_default,  # noqa: F401
-                    _params_finite, _rng_state, _save_torch, _set_rng_state, _to_device, amp_setup, append_jsonl,
-                    dist_env, load_training_checkpoint, read_jsonl, truncate_log, write_json)
+from .state import (_batch_size_of, _check_resume_compatible, _init_distributed, _params_finite,  # noqa: F401
+                    _rng_state, _save_torch, _set_rng_state, _to_device, amp_setup, dist_env,
+                    load_training_checkpoint, truncate_log)
 
 __all__ = [
     "CHECKPOINT_FORMAT", "NonFiniteLossError", "LoopConfig", "RunFiles", "StageSpec", "LR_SCHEDULES",
-    "param_groups", "is_transformer_branch", "apply_trans_lr_mult", "lr_at", "make_optimizer", "set_lr", "ResumableDistributedSampler", "EpochIndexed",
-    "train_loop", "load_training_checkpoint", "amp_setup", "dist_env", "append_jsonl", "read_jsonl",
-    "truncate_log", "write_json",
+    "param_groups", "is_transformer_branch", "apply_trans_lr_mult", "lr_at", "make_optimizer", "set_lr",
+    "ResumableDistributedSampler", "EpochIndexed",
+    "train_loop", "load_training_checkpoint", "amp_setup", "dist_env", "truncate_log",
 ]
 
 

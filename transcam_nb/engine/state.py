@@ -11,13 +11,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..artifacts import append_jsonl, atomic_path, read_jsonl, write_json, write_jsonl
-from ..artifacts import json_default as _json_default  # noqa: F401
+from ..artifacts import atomic_path, read_jsonl, write_jsonl
+from ..artifacts import json_default as _json_default
 from ..models.checkpoints import read_checkpoint
 from .config import CHECKPOINT_FORMAT, LoopConfig
 
-__all__ = ["dist_env", "amp_setup", "append_jsonl", "read_jsonl", "truncate_log", "write_json",
-           "load_training_checkpoint"]
+__all__ = ["dist_env", "amp_setup", "truncate_log", "load_training_checkpoint"]
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -141,7 +140,7 @@ def load_training_checkpoint(path: str | os.PathLike, format: str = CHECKPOINT_F
     return read_checkpoint(path, what="training checkpoint", format=format)
 
 
-_PROFILE_TRAINING_FIELDS = ("model", "model_overrides", "dataset", "train_split", "num_classes", "crop_size",
+_PROFILE_TRAINING_FIELDS = ("model", "model_overrides", "dataset", "train_split", "num_fg", "crop_size",
                             "resize_long", "jitter", "w_conv", "w_trans", "drop_path_rate", "synthetic",
                             "label_source")
 

@@ -58,9 +58,9 @@ def require_init(init, *, who: str, argument: str, expected: str, from_scratch: 
 
 
 def build_model_for_profile(profile: "Profile", init: str | os.PathLike | None = None, *,
-                            num_classes: int | None = None, verbose: bool = True) -> nn.Module:
-    """The profile's network with ``K + 1`` outputs, initialised from ``init`` (or the profile's
-    ``init_checkpoint``) when given.
+                            num_fg: int | None = None, verbose: bool = True) -> nn.Module:
+    """The profile's network with ``K + 1`` outputs (``K = num_fg``, default the profile's),
+    initialised from ``init`` (or the profile's ``init_checkpoint``) when given.
 
     As the authors' code (docs/reference.md, classifier training), both classification heads of
     the initial checkpoint are **always** discarded, even when their shapes would fit (e.g.
@@ -68,7 +68,7 @@ def build_model_for_profile(profile: "Profile", init: str | os.PathLike | None =
     and every other tensor must load (a clear :class:`~transcam_nb.models.CheckpointError`
     otherwise).
     """
-    K = int(num_classes if num_classes is not None else profile.num_classes)
+    K = int(num_fg if num_fg is not None else profile.num_fg)
     kw = dict(profile.model_overrides)
     kw.setdefault("drop_path_rate", profile.drop_path_rate)
     model = create_model(profile.model, num_classes=K + 1, **kw)

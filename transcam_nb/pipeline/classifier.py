@@ -74,7 +74,8 @@ def cached_classifier(profile: Profile, *, init: str | None = "profile", progres
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "spec.json", spec, sort_keys=False)
         t0 = time.time()
-        summary = train_classifier(prof_run, run_dir, resume=True, init=init_arg, progress=progress)
+        summary = train_classifier(prof_run, run_dir, resume=True, init=init_arg, progress=progress,
+                                   from_scratch=init is None)  # init=None: from scratch on purpose
         summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
         summary["wall_s_this_call"] = time.time() - t0
         write_json(done, summary, sort_keys=False)
@@ -138,7 +139,7 @@ def load_classifier(ctx: PipelineContext):
     from ..models.factory import build_model_for_profile
 
     done = ctx.require("classifier")
-    model = build_model_for_profile(ctx.profile.replace(drop_path_rate=0.0), init=None, num_classes=ctx.num_fg,
+    model = build_model_for_profile(ctx.profile.replace(drop_path_rate=0.0), init=None, num_fg=ctx.num_fg,
                                     verbose=False)
     load_checkpoint(model, done["result"]["checkpoint"], drop_mismatched_heads=False)
     return model.to(ctx.device).eval()

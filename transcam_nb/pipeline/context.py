@@ -244,7 +244,9 @@ def cm_result(cm) -> dict:
 def default_out_dir(profile: Profile, config: PipelineConfig | None = None) -> Path:
     """``<artifacts>/pipeline-<profile>-<hash of profile and settings>`` (the book's cache)."""
     config = config or pipeline_config(profile)
-    h = config_hash({"profile": trimmed_profile(profile), "config": config.to_dict()}, 10)
+    # from_scratch only allows a run that would otherwise stop: it never changes what a run produces
+    cfg = {k: v for k, v in config.to_dict().items() if k != "from_scratch"}
+    h = config_hash({"profile": trimmed_profile(profile), "config": cfg}, 10)
     return artifacts_dir() / f"pipeline-{profile.name}-{h}"
 
 

@@ -21,7 +21,8 @@ from .affinity import (
     pair_indices,
     pair_offsets,
 )
-from .affinity_train import AFFINITY_PRESETS, AffinityConfig, AffinityDataset, get_affinity_preset, train_affinity
+from ..config import AFFINITY_PRESETS, AffinityConfig, get_affinity_preset
+from .affinity_train import AffinityDataset, train_affinity
 from .random_walk import prepare_image, random_walk, transition_matrix
 from .resnet38d import ResNet38d
 

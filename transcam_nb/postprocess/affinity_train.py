@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..config import AFFINITY_PRESETS, RUN_ONLY_FIELDS, AffinityConfig, get_affinity_preset  # noqa: F401
 from ..data.transforms import color_jitter, normalize, random_crop
 from ..data.voc import load_rgb
 from ..pseudo import load_label_png
@@ -141,8 +142,9 @@ class AffinityDataset(torch.utils.data.Dataset):
         return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(lab))
 
 
-#: settings that may change between a run and its resumption (they do not change what is trained)
-AFFINITY_RESUME_FREE = ("name", "device", "num_workers", "save_every", "beta", "logt", "bg")
+#: settings that may change between a run and its resumption (they do not change what is trained):
+#: the run-only fields, the preset's name and the random walk's settings
+AFFINITY_RESUME_FREE = tuple(sorted(RUN_ONLY_FIELDS | {"name", "beta", "logt", "bg"}))
 
 
 def affinity_loop_config(cfg: AffinityConfig):

@@ -279,7 +279,8 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
             random weights; without it such a config needs ``pretrained_path``.
     """
     from ..device import seed_everything
-    from ..engine import RunFiles, StageSpec, append_jsonl, train_loop, truncate_log
+    from ..artifacts import append_jsonl
+    from ..engine import RunFiles, StageSpec, train_loop, truncate_log
 
     cfg.validate()
     out_dir = Path(out_dir)

@@ -235,3 +235,64 @@ def test_tiny_profile_starts_from_the_shipped_weights():
         "issue 8: the tiny profile must fine-tune from the shipped pretrained weights; set "
         "init_checkpoint='package:tiny_pretrained.pt' in transcam_nb/config.py (SETTINGS['tiny'])")
     assert resolve_checkpoint(prof.init_checkpoint) == WEIGHTS_DIR / "tiny_pretrained.pt"
+
+
+# ------------------------------------------------------------------------------ attention grouping (issue 11)
+def test_group_loss_hand_made():
+    from transcam_nb.pretrain import group_loss
+
+    cm = torch.zeros(1, 16, 48, dtype=torch.long)  # three 16 px cells: classes 0, 1, 0
+    cm[0, :, 16:32] = 1
+    a = torch.zeros(1, 4, 4)  # class token + 3 patches
+    a[0, 1:, 1:] = torch.tensor([[0.5, 0.2, 0.2], [0.1, 0.6, 0.1], [0.3, 0.3, 0.3]])
+    a[0, 1:, 0] = torch.tensor([0.1, 0.2, 0.1])
+    loss, mass = group_loss(a, cm, num_classes=2, patch=16, kind="mass")
+    m = torch.tensor([0.7, 0.6, 0.6])  # same-class mass per query (class-token column never counts)
+    assert loss.item() == pytest.approx(float(-torch.log(m).mean()))
+    assert mass == pytest.approx(float(m.mean()))
+    ce, _ = group_loss(a, cm, num_classes=2, patch=16, kind="ce")
+    p = a[0, 1:, 1:] / a[0, 1:, 1:].sum(-1, keepdim=True)
+    t = torch.tensor([[0.5, 0, 0.5], [0, 1, 0], [0.5, 0, 0.5]])
+    assert ce.item() == pytest.approx(float(-(t * torch.log(p)).sum(-1).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="group_loss"):
+        group_loss(a, cm, 2, 16, kind="nope")
+
+
+def test_grouping_is_off_by_default_and_keeps_the_old_hash():
+    cfg = default_config("tiny")
+    assert cfg.group_weight == 0 and cfg.init is None
+    assert not {"group_weight", "group_loss", "group_blocks", "init"} & set(cfg.hashed())
+    on = cfg.replace(group_weight=1.0, init="package:tiny_pretrained.pt")
+    assert {"group_weight", "group_loss", "group_blocks", "init"} <= set(on.hashed())
+    assert config_hash(on) != config_hash(cfg)
+
+
+def test_grouped_pretraining_runs_and_reports_the_mass(tmp_path):
+    cfg = default_config("tiny", **{**SMALL, "steps": 2, "group_weight": 1.0, "group_blocks": (1, 2)})
+    man = pretrain(cfg, tmp_path / "g", progress=False)
+    assert man["steps_done"] == 2 and 0.0 < man["final_metrics"]["group_mass"] <= 1.0
+    assert "group" in man["final_metrics"]["final_train_loss_parts"]
+    cont = cfg.replace(init=str(tmp_path / "g" / "pretrained.pt"), seed=1)
+    man2 = pretrain(cont, tmp_path / "g2", progress=False)
+    assert man2["init_sha256"] == man["weights_sha256"]
+
+
+def test_shipped_grouped_weights_are_current():
+    """issue 11: tiny_pretrained_grouped.pt continues tiny_pretrained.pt with the grouping loss; its
+    manifest must match today's config (same overrides), the shipped start and the file."""
+    from transcam_nb.pretrain import file_sha256
+
+    pt, js = WEIGHTS_DIR / "tiny_pretrained_grouped.pt", WEIGHTS_DIR / "tiny_pretrained_grouped.json"
+    assert pt.is_file() and js.is_file(), "shipped grouped weights are missing (see benchmarks/results/issue11_log.md)"
+    man = json.loads(js.read_text())
+    cmd = man["command"]
+    assert "--ship-name tiny_pretrained_grouped" in cmd and "--init package:tiny_pretrained.pt" in cmd
+    keep = {k: man["config"][k] for k in ("steps", "lr", "seed", "group_weight", "group_loss", "init")}
+    keep["group_blocks"] = tuple(man["config"]["group_blocks"])
+    cfg = default_config("tiny", **keep)
+    assert man["config_hash"] == config_hash(cfg), f"the pretraining config changed; regenerate with: {cmd}"
+    assert man["pretext_version"] == pretext.PRETEXT_VERSION and man["steps_done"] == cfg.steps
+    assert man["init_sha256"] == file_sha256(WEIGHTS_DIR / "tiny_pretrained.pt"), \
+        f"tiny_pretrained.pt changed since; regenerate with: {cmd}"
+    assert file_sha256(pt) == man["weights_sha256"], f"{pt} does not match its manifest; regenerate with: {cmd}"
+    assert man["final_metrics"]["group_mass"] > 0.8

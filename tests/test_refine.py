@@ -292,3 +292,56 @@ def test_golden_detects_the_wrong_orientation():
     wrong = refine_cam(torch.from_numpy(g["convcam"]), hm, "attnagg").numpy()
     ref = g["transcam"]
     assert np.abs(wrong - ref).max() > 1e-2 * np.abs(ref).max()
+
+
+# ------------------------------------------------------------------ CLIP-ES-style affinity (issue 11)
+def test_cam_box_mask_hand_made():
+    from transcam_nb.refine import cam_box_mask
+
+    c = torch.zeros(1, 2, 4, 5)
+    c[0, 0, 0, 0] = c[0, 0, 1, 1] = 0.9  # diagonal neighbours: one component, box rows 0-1, cols 0-1
+    c[0, 0, 3, 4] = 0.5  # a second component: its own 1x1 box
+    c[0, 0, 2, 2] = 0.39  # below the threshold
+    m = cam_box_mask(c, 0.4)
+    expect = torch.zeros(4, 5)
+    expect[0:2, 0:2] = 1
+    expect[3, 4] = 1
+    torch.testing.assert_close(m[0, 0], expect)
+    assert m[0, 1].sum() == 0  # nothing above: no key allowed
+
+
+def test_affinity_sinkhorn_hand_computed_1x2():
+    from transcam_nb.refine import affinity_refine
+
+    a = torch.zeros(1, 1, 3, 3)
+    a[0, 0, 1:, 1:] = torch.tensor([[3.0, 1.0], [1.0, 1.0]])
+    cam = torch.tensor([2.0, -1.0]).reshape(1, 1, 1, 2)
+    # one round: columns [4, 2] -> [[.75, .5], [.25, .5]]; rows [1.25, .75] -> [[.6, .4], [1/3, 2/3]];
+    # symmetrised off-diagonal (0.4 + 1/3) / 2 = 11/30; raw CAM, no box: [1.2 - 11/30, 22/30 - 2/3]
+    r = affinity_refine(cam, a, blocks=[0], relu_cam=False, box_mask=False, sinkhorn=True, rounds=1)
+    torch.testing.assert_close(r.reshape(2), torch.tensor([1.2 - 11 / 30, 22 / 30 - 2 / 3]))
+
+
+def test_affinity_uniform_attention_with_relu_and_box():
+    from transcam_nb.refine import affinity_refine
+
+    attn = torch.full((2, 1, 5, 5), 0.2)  # 2 blocks, uniform over the class token + 4 patches
+    cam = torch.tensor([[2.0, -2.0], [1.0, 0.0]]).reshape(1, 1, 2, 2)
+    # ReLU + max-norm: [1, 0, .5, 0]; box of {>= .4} = column 0; Sinkhorn of uniform = 1/4 everywhere
+    r = affinity_refine(cam, attn)
+    torch.testing.assert_close(r, torch.full((1, 1, 2, 2), (1 + 0.5) / 4))
+    # numpy in, numpy out
+    assert isinstance(affinity_refine(cam.numpy(), attn.numpy()), np.ndarray)
+
+
+def test_affinity_with_every_ingredient_off_is_eq5_mean():
+    from transcam_nb.refine import affinity_refine
+
+    g = torch.Generator().manual_seed(0)
+    attn = torch.rand(4, 2, 10, 10, generator=g).softmax(-1)
+    cam = torch.randn(2, 3, 3, 3, generator=g)
+    r = affinity_refine(cam, attn, blocks=[1, 3], relu_cam=False, box_mask=False, sinkhorn=False)
+    torch.testing.assert_close(r, refine_cam(cam, attn, "transcam", blocks=[1, 3], reduce="mean"))
+    # default blocks: the last 8 (here all 4)
+    r8 = affinity_refine(cam, attn, relu_cam=False, box_mask=False, sinkhorn=False)
+    torch.testing.assert_close(r8, refine_cam(cam, attn, "transcam", blocks="AA", reduce="mean"))

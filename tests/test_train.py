@@ -25,6 +25,7 @@ from transcam_nb.engine import (
     NonFiniteLossError,
     ResumableDistributedSampler,
     load_training_checkpoint,
+    is_transformer_branch,
     lr_at,
     param_groups,
     train_loop,
@@ -155,6 +156,31 @@ def test_param_groups_reference_and_no_decay():
     assert g2[1]["weight_decay"] == 0.0 and len(g2[0]["params"]) + len(g2[1]["params"]) == n_params
     assert id(m.cls_token) in no_decay and id(m.trans_norm.weight) in no_decay and id(m.conv1.weight) not in no_decay
     assert id(m.trans_cls_head.bias) in no_decay and id(m.trans_cls_head.weight) not in no_decay
+
+
+def test_param_groups_transformer_lr_multiplier():
+    m = create_model("transcam_tiny", num_classes=4, **SMALL_MODEL)
+    names = {id(p): n for n, p in m.named_parameters()}
+    g = param_groups(m, 0.05, no_decay_norm_bias=True, trans_lr_mult=0.1)
+    assert [x["lr_mult"] for x in g] == [1.0, 1.0, 0.1, 0.1]
+    slow = {names[id(p)] for x in g if x["lr_mult"] == 0.1 for p in x["params"]}
+    assert "cls_token" in slow and "trans_1.attn.qkv.weight" in slow and "trans_patch_conv.weight" in slow
+    assert "conv_trans_5.trans_block.mlp.fc1.weight" in slow and "conv_trans_5.squeeze_block.conv_project.weight" in slow
+    assert not any(n.startswith(("conv1", "conv_1.", "trans_norm", "trans_cls_head", "conv_cls_head")) for n in slow)
+    assert not any(".expand_block." in n or ".cnn_block." in n or ".fusion_block." in n for n in slow)
+    assert slow == {n for n in names.values() if is_transformer_branch(n)}
+    assert sum(len(x["params"]) for x in g) == len(names)
+
+
+def test_frozen_transformer_branch_does_not_move(data_root, tmp_path):
+    prof = small_profile(data_root, max_steps=2, trans_lr_mult=0.0)
+    torch.manual_seed(0)
+    m = build_model_for_profile(prof, num_fg=3)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    train_classifier(prof, tmp_path / "frozen", model=m, progress=False)
+    moved = {n for n, p in m.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and not any(is_transformer_branch(n) for n in moved)
+    assert "conv1.weight" in moved and "conv_trans_3.expand_block.conv_project.weight" in moved
 
 
 # ------------------------------------------------------------------------------------ sampler

@@ -207,6 +207,7 @@ class Profile(Settings):
     max_steps: int | None = None  # step budget; None = epochs × (len(train set) // batch_size)
     lr_schedule: str = "constant"  # "constant" (the reference) | "cosine" (linear warm-up, cosine to 0)
     warmup_frac: float = 0.0  # fraction of the steps spent in the linear warm-up (cosine only)
+    trans_lr_mult: float = 1.0  # lr multiplier of the transformer branch while fine-tuning (0 = frozen; issue 11)
     no_decay_norm_bias: bool = False  # True: no weight decay on norms, biases, cls_token (reference: one group)
     jitter: tuple | None = (0.3, 0.3, 0.3, 0.1)  # ColorJitter (brightness, contrast, saturation, hue)
     per_device_batch: bool = False  # False: batch_size is the global batch, split over DDP processes
@@ -405,6 +406,11 @@ class PretrainConfig(Settings):
     part_prob: float = 0.5
     min_fraction: float = 0.02
     dense_weight: float = 1.0
+    # attention grouping (issue 11): a loss on the deep blocks' head-mean attention (transcam_nb.pretrain)
+    group_weight: float = 0.0  # 0 = off (the shipped tiny_pretrained.pt)
+    group_loss: str = "mass"  # "mass": -log(attention mass on same-class tokens); "ce": CE to the same-class indicator
+    group_blocks: tuple = (4, 5, 6, 7, 8, 9, 10, 11)  # 0-based block indices (blocks 5-12)
+    init: str | None = None  # continue from these weights (e.g. "package:tiny_pretrained.pt"); None = random
     # optimisation
     steps: int = 1200
     batch_size: int = 16
@@ -421,6 +427,17 @@ class PretrainConfig(Settings):
     log_every: int = 20
     save_every: int = 100
     eval_scenes: int = 256
+
+    def fingerprint_dict(self, *fields: str) -> dict:
+        d = super().fingerprint_dict(*fields)
+        if fields:
+            return d
+        if not self.group_weight:  # off: the fingerprint of the configs made before grouping existed
+            for k in ("group_weight", "group_loss", "group_blocks"):
+                d.pop(k)
+        if self.init is None:
+            d.pop("init")
+        return d
 
     def hashed(self) -> dict:
         return self.fingerprint_dict()

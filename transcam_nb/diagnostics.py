@@ -278,8 +278,14 @@ def evaluate_refinements(
     limit: int | None = None,
     device=None,
     progress: bool = True,
+    extra: dict | None = None,
+    start: int = 0,
 ) -> dict:
     """Score every refinement variant of a trained WSSS classifier on ``root``/``split``.
+
+    ``start``: skip the first images of the split (e.g. choose settings on train images the
+    pseudo-label targets do not score). ``extra``: more variants, ``{name: fn(cam [B,C,h,w], attn [L,B,N,N]) -> refined}`` (e.g.
+    :func:`transcam_nb.refine.affinity_refine` with its ablation switches), scored like the rest.
 
     Per image and scale (square resize, as the authors), the original and its flip go through
     the network once with every block's attention; each variant of :data:`VARIANTS` is
@@ -305,12 +311,16 @@ def evaluate_refinements(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    fns = {v: (lambda c, a, m=VARIANTS[v][0], b=VARIANTS[v][1]: refine_cam(c, a if m != "none" else None, m, blocks=b))
+           for v in variants}
+    fns.update(extra or {})
+    variants = list(fns)
     thr = sorted(set([round(float(t), 6) for t in thresholds] + [round(float(t), 6) for t in fixed_taus]))
     ds = _dataset(root, split)
     inst = load_instances(ds.root)
     K = len(ds.class_names)
     device = device or next(model.parameters()).device
-    n = len(ds) if limit is None else min(limit, len(ds))
+    n = len(ds) - start if limit is None else min(limit, len(ds) - start)
     sweeps = {v: ThresholdSweep(thr, num_classes=K + 1) for v in variants}
     covs = {v: CoveragePrecision(coverage_threshold) for v in variants}
     diag = AttentionDiagnostic(len(model.blocks))
@@ -319,7 +329,7 @@ def evaluate_refinements(
     model.eval()
     try:
         with torch.no_grad():
-            for i in tqdm(range(n), desc="evaluate variants", disable=not progress, dynamic_ncols=True):
+            for i in tqdm(range(start, start + n), desc="evaluate variants", disable=not progress, dynamic_ncols=True):
                 s = ds[i]
                 H, W = s.image.shape[:2]
                 classes = np.flatnonzero(s.label > 1e-5)
@@ -342,8 +352,7 @@ def evaluate_refinements(
                         diag.update(attn[:, 0].numpy(), mem)
                         diag_done = True
                     for v in variants:
-                        method, blocks = VARIANTS[v]
-                        r = refine_cam(cam, attn if method != "none" else None, method, blocks=blocks)
+                        r = fns[v](cam, attn)
                         m = F.interpolate(r[:, chan], size=(H, W), mode="bilinear", align_corners=False)
                         m = m * wts[None, :, None, None]
                         sums[v] += m[0]
@@ -357,7 +366,7 @@ def evaluate_refinements(
                     covs[v].update(cams, classes, gt, objects)
     finally:
         model.train(was)
-    res = {"images": n, "split": split, "scales": list(scales), "flip": flip, "seconds": round(time.perf_counter() - t0, 1),
+    res = {"images": n, "start": start, "split": split, "scales": list(scales), "flip": flip, "seconds": round(time.perf_counter() - t0, 1),
            "attention": diag.result(), "variants": {}}
     for v in variants:
         sw = sweeps[v].result()

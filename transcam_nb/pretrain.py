@@ -22,6 +22,19 @@ Objective (per batch of scenes)::
   ``token_head``: a linear layer on the final normalised patch tokens of the transformer
   branch (not part of the shipped weights).
 
+Attention grouping (``group_weight > 0``, issue 11): with ``A`` the head-mean attention of
+the blocks ``group_blocks`` averaged over those blocks, patch-to-patch part (rows not
+re-normalised), and ``S_ij = 1`` when tokens ``i`` and ``j`` have the same majority pretext
+class, the extra term is ``group_weight ·`` either
+
+* ``"mass"``: ``mean_i −log Σ_j A_ij S_ij`` (the attention mass a token keeps on its own class), or
+* ``"ce"``: ``mean_i −Σ_j (S_ij / Σ_j S_ij) log(A_ij / Σ_j A_ij)`` (cross-entropy of the
+  re-normalised row to the normalised same-class indicator).
+
+It makes deep attention rows stay inside a region: the property TransCAM's Eq. 5 needs and
+that ImageNet pretraining gives Conformer-S. ``init`` continues from shipped weights (the
+grouped weights continue ``tiny_pretrained.pt`` with another pretext stream, ``seed=1``).
+
 ``dense_weight = 0`` is the multi-label texture pretext of TINY-FINDINGS part 2 ("tex").
 The dense term asks every token to carry the class of its region, so tokens of one region
 (and the two parts of one thing) become alike: the feature affinity the paper attributes
@@ -36,8 +49,8 @@ Outputs in ``--out``: ``pretrained.pt`` (fp16 state_dict under ``"model"``), ``m
 (the exact command, config and its hash, pretext version, seed, wall time, final metrics),
 ``log.jsonl`` and ``last.pt`` (resume state: a killed run continues where it stopped).
 ``--ship`` copies the weights and the manifest into ``transcam_nb/weights/`` as
-``<profile>_pretrained.{pt,json}``: the tiny profile's ``init_checkpoint``
-(``"package:tiny_pretrained.pt"``).
+``<profile>_pretrained.{pt,json}`` (``--ship-name`` another stem, e.g. ``tiny_pretrained_grouped``):
+the tiny profile's ``init_checkpoint`` (``"package:tiny_pretrained.pt"``).
 """
 from __future__ import annotations
 
@@ -128,10 +141,42 @@ def _pretext_net(cfg: PretrainConfig):
             return {"cls_token"}
 
         def forward(self, x):
-            out = self.backbone(x)
+            if cfg.group_weight > 0:
+                out = self.backbone(x, attn_blocks=cfg.group_blocks)
+            else:
+                out = self.backbone(x)
             return out, self._box[0][:, 1:]
 
     return PretextNet()
+
+
+def group_loss(attn, cmap, num_classes: int, patch: int = 16, kind: str = "mass"):
+    """The attention-grouping term (module docstring) for a block-averaged head-mean map.
+
+    ``attn``: ``[B, N, N]`` with the class token at index 0 (or ``[B, hw, hw]`` without it);
+    ``cmap``: ``[B, S, S]`` pixel class map. Returns ``(loss, mean same-class mass)``.
+    """
+    import torch
+
+    T = token_targets(cmap, num_classes, patch)  # [B, K, h, w]
+    lab = T.flatten(2).argmax(1)  # [B, hw] majority class per token
+    hw = lab.shape[1]
+    a = attn.float()
+    if a.shape[-1] == hw + 1:
+        a = a[:, 1:, 1:]
+    elif a.shape[-1] != hw:
+        raise ValueError(f"attention has {a.shape[-1]} tokens but the class map gives {hw} cells")
+    same = (lab[:, :, None] == lab[:, None, :]).float()  # [B, hw, hw]
+    mass = (a * same).sum(-1)  # [B, hw]
+    if kind == "mass":
+        loss = -torch.log(mass.clamp_min(1e-6)).mean()
+    elif kind == "ce":
+        p = a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+        t = same / same.sum(-1, keepdim=True)
+        loss = -(t * torch.log(p.clamp_min(1e-8))).sum(-1).mean()
+    else:
+        raise ValueError(f"group_loss must be 'mass' or 'ce', got {kind!r}")
+    return loss, float(mass.detach().mean())
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -175,6 +220,13 @@ def make_loss(cfg: PretrainConfig, token_head, patch: int = 16, parts_box: dict 
             l_tok = -(T.flatten(2) * F.log_softmax(tl, dim=1)).sum(1).mean()
             loss = loss + cfg.dense_weight * (l_conv + l_tok)
             parts.update(dense_conv=float(l_conv.detach()), dense_tok=float(l_tok.detach()))
+        if cfg.group_weight > 0:
+            if out.attn_sum is None:
+                raise RuntimeError("group_weight > 0 needs the attention of group_blocks (attn_sum is None)")
+            l_grp, mass = group_loss(out.attn_sum / len(cfg.group_blocks), cmap, cfg.num_classes, patch,
+                                     cfg.group_loss)
+            loss = loss + cfg.group_weight * l_grp
+            parts.update(group=float(l_grp.detach()), group_mass=mass)
         if parts_box is not None:
             parts_box.clear()
             parts_box.update(parts)
@@ -208,13 +260,16 @@ def pretext_metrics(model, cfg: PretrainConfig, n: int = 256, batch_size: int = 
     was = model.training
     model.eval()
     probs, labels, acc_c, acc_t, tot = [], [], 0.0, 0.0, 0
+    masses = []
+    blocks = tuple(b for b in cfg.group_blocks if b < len(model.blocks)) or tuple(range(len(model.blocks)))
     box, handle = _hook_tokens(model)
     try:
         with torch.no_grad():
             for s in range(0, n, batch_size):
                 b = min(batch_size, n - s)
                 x, y, cm = (t.to(device) for t in stream.batch(0, b, start=s))
-                out = model(x)
+                out = model(x, attn_blocks=blocks)
+                masses.append(group_loss(out.attn_sum / len(blocks), cm, cfg.num_classes, model.patch_size)[1])
                 probs.append(torch.sigmoid(cfg.w_conv * out.conv_logits + cfg.w_trans * out.trans_logits).cpu())
                 labels.append(y.cpu())
                 T = token_targets(cm, cfg.num_classes, model.patch_size)
@@ -231,7 +286,7 @@ def pretext_metrics(model, cfg: PretrainConfig, n: int = 256, batch_size: int = 
 
     P, Y = torch.cat(probs).numpy(), torch.cat(labels).numpy()
     out = {"scenes": n, "mAP": float(np.nanmean(average_precision(P, Y))), "exact_match": float(np.mean(np.all((P > 0.5) == (Y > 0.5), 1))),
-           "token_acc_cam": acc_c / max(1, tot)}
+           "token_acc_cam": acc_c / max(1, tot), "group_mass": float(np.mean(masses))}
     if head is not None:
         out["token_acc_head"] = acc_t / max(1, tot)
     return out
@@ -264,6 +319,12 @@ def file_sha256(path) -> str:
 # --------------------------------------------------------------------------------------
 # the stage
 # --------------------------------------------------------------------------------------
+def _init_path(spec) -> Path:
+    from .weights import resolve_checkpoint
+
+    return resolve_checkpoint(spec)
+
+
 class _StopEarly(Exception):
     pass
 
@@ -309,6 +370,11 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
     seed_everything(cfg.seed)
     device = get_device(None if cfg.device == "auto" else cfg.device)
     net = _pretext_net(cfg)
+    if cfg.init:
+        from .models import read_state_dict
+
+        sd = read_state_dict(_init_path(cfg.init))
+        net.backbone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
     stream = PretextStream(cfg.seed, cfg.image_size, cfg.num_classes, cfg.part_prob, cfg.min_fraction,
                            length=cfg.steps * cfg.batch_size)
     parts: dict = {}
@@ -353,6 +419,7 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
         "hashed_fields": sorted(cfg.hashed()),
         "pretext_version": cfg.pretext_version,
         "seed": cfg.seed,
+        **({"init_sha256": file_sha256(_init_path(cfg.init))} if cfg.init else {}),
         "schedule": "step-based" + (f" (stopped early by max_minutes at step {steps_done})" if stopped_early else ""),
         "steps_done": steps_done,
         "images_seen": steps_done * cfg.batch_size,
@@ -377,8 +444,9 @@ def weights_dir() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
-def ship(run_dir, profile: str = "tiny", dest: Path | None = None) -> tuple[Path, Path]:
-    """Copy a finished run's weights and manifest into the package as ``<profile>_pretrained.{pt,json}``."""
+def ship(run_dir, profile: str = "tiny", dest: Path | None = None, name: str | None = None) -> tuple[Path, Path]:
+    """Copy a finished run's weights and manifest into the package as ``<name>.{pt,json}``
+    (default name ``<profile>_pretrained``; e.g. ``tiny_pretrained_grouped`` for issue 11's)."""
     run_dir = Path(run_dir)
     man = json.loads((run_dir / "manifest.json").read_text())
     src = run_dir / man["weights_file"]
@@ -386,7 +454,10 @@ def ship(run_dir, profile: str = "tiny", dest: Path | None = None) -> tuple[Path
         raise RuntimeError(f"{src} does not match the sha256 in {run_dir / 'manifest.json'}")
     dest = Path(dest) if dest is not None else weights_dir()
     dest.mkdir(parents=True, exist_ok=True)
-    pt, js = dest / f"{profile}_pretrained.pt", dest / f"{profile}_pretrained.json"
+    name = name or f"{profile}_pretrained"
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"ship name {name!r}: expected a plain file stem such as 'tiny_pretrained_grouped'")
+    pt, js = dest / f"{name}.pt", dest / f"{name}.json"
     from .artifacts import atomic_path
 
     with atomic_path(pt) as tmp:

@@ -50,6 +50,8 @@ __all__ = [
     "attention_map",
     "attention_rollout",
     "refine_cam",
+    "cam_box_mask",
+    "affinity_refine",
 ]
 
 #: refinement methods understood by :func:`refine_cam`
@@ -360,4 +362,87 @@ def refine_cam(
             # refined[b, c, i] = sum_j A[b, i, j] cam[b, c, j]  ==  cam @ A^T per image
             out = torch.bmm(flat, ap.transpose(1, 2))
         out = out.reshape(B, C, h, w)
+    return out.numpy() if was_np else out
+
+
+# --------------------------------------------------------------------------------------
+# CLIP-ES-style affinity refinement (issue 11; an extra variant, not in the TransCAM paper)
+# --------------------------------------------------------------------------------------
+def cam_box_mask(cam_norm: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:
+    """``[B, C, h, w]`` normalised CAMs -> ``[B, C, h, w]`` float masks: the union of the
+    bounding boxes of the 8-connected components of ``cam_norm ≥ threshold`` (per map).
+    A map with no location above the threshold gets an all-zero mask."""
+    from scipy import ndimage
+
+    m = (cam_norm >= threshold).cpu().numpy()
+    out = np.zeros(m.shape, np.float32)
+    struct = np.ones((3, 3), bool)
+    for b in range(m.shape[0]):
+        for c in range(m.shape[1]):
+            if not m[b, c].any():
+                continue
+            lab, _ = ndimage.label(m[b, c], structure=struct)
+            for sl in ndimage.find_objects(lab):
+                if sl is not None:
+                    out[b, c][sl] = 1.0
+    return torch.from_numpy(out).to(cam_norm.device)
+
+
+def affinity_refine(
+    cam,
+    attn,
+    *,
+    blocks: str | Iterable[int] | None = None,
+    relu_cam: bool = True,
+    box_mask: bool = True,
+    sinkhorn: bool = True,
+    rounds: int = 3,
+    box_threshold: float = 0.4,
+):
+    """CLIP-ES-style attention affinity (Lin et al., "CLIP is also an efficient segmenter",
+    CVPR 2023, their class-aware attention-based affinity), on Conformer attention.
+
+    1. ``A`` = the head-mean attention averaged over ``blocks`` (default: the last 8 blocks),
+       class token dropped (``[B, hw, hw]``, rows = queries).
+    2. ``sinkhorn``: ``rounds`` times, normalise the columns to sum 1, then the rows; then
+       symmetrise ``A ← (A + Aᵀ) / 2``. (Off: ``A`` as in Eq. 5.)
+    3. The CAM that is propagated: ``relu_cam``: ``ReLU(M_c) / max ReLU(M_c)`` per image and
+       class (off: the raw CAM, as Eq. 5).
+    4. ``box_mask``: for class ``c`` only keys inside the bounding boxes of the connected
+       components of the normalised CAM ≥ ``box_threshold`` contribute:
+       ``refined_c[i] = Σ_j A[i, j] · box_c[j] · M_c[j]``.
+
+    All switches on is the CLIP-ES recipe; each off gives one row of the ingredient ablation.
+    ``cam`` ``[B, C, h, w]`` (numpy in, numpy out), ``attn`` per-block ``[L, B, N, N]`` (or
+    ``[L, B, heads, N, N]`` / a list). Returns ``[B, C, h, w]`` float32.
+    """
+    cam_t, was_np = _as_tensor(cam)
+    if cam_t.dim() != 4:
+        raise ValueError(f"cam must be [B, C, h, w], got shape {tuple(cam_t.shape)}")
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    per = _per_block(attn)
+    depth = len(per)
+    if blocks is None:
+        blocks = list(range(max(0, depth - 8), depth))
+    B, C, h, w = cam_t.shape
+    hw = h * w
+    a = attention_map(per, blocks, reduce="mean", drop_cls_token=False)
+    if a.shape[0] != B:
+        raise ValueError(f"attention batch size {a.shape[0]} does not match the CAM batch size {B}")
+    with _no_autocast(cam_t.device):
+        a = _patch_attention(a.to(cam_t.device).float(), hw, "affinity")
+        if sinkhorn:
+            for _ in range(rounds):
+                a = a / a.sum(1, keepdim=True).clamp_min(1e-12)  # columns
+                a = a / a.sum(2, keepdim=True).clamp_min(1e-12)  # rows
+            a = 0.5 * (a + a.transpose(1, 2))
+        raw = cam_t.float()
+        pos = torch.relu(raw)
+        norm = pos / pos.flatten(2).amax(-1).clamp_min(1e-5)[..., None, None]
+        src = norm if relu_cam else raw
+        flat = src.reshape(B, C, hw)
+        if box_mask:
+            flat = flat * cam_box_mask(norm, box_threshold).reshape(B, C, hw)
+        out = torch.bmm(flat, a.transpose(1, 2)).reshape(B, C, h, w)
     return out.numpy() if was_np else out

@@ -79,11 +79,19 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--dense-weight", type=float, default=None,
                    help="weight of the per-token texture loss (0 = multi-label only)")
+    p.add_argument("--group-weight", type=float, default=None,
+                   help="weight of the attention-grouping loss on blocks 5-12 (issue 11; 0 = off)")
+    p.add_argument("--group-loss", choices=("mass", "ce"), default=None,
+                   help="grouping loss: -log same-class attention mass, or CE to the same-class indicator")
+    p.add_argument("--init", default=None, help="continue from these weights (e.g. package:tiny_pretrained.pt)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--eval-scenes", type=int, default=None, help="held-out scenes for the final metrics (default 256)")
     p.add_argument("--max-minutes", type=float, default=None, help="safety cap on wall time (recorded)")
     p.add_argument("--ship", action="store_true",
                    help="afterwards copy weights + manifest into transcam_nb/weights/<profile>_pretrained.{pt,json}")
+    p.add_argument("--ship-name", default=None,
+                   help="file stem for --ship (default <profile>_pretrained; e.g. tiny_pretrained_grouped)")
     add_runtime(p, device_default="auto")
 
 
@@ -98,7 +106,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(f"--profile: {e}") from None
     over = parse_overrides(args.set, base)
-    for name in ("steps", "batch_size", "lr", "dense_weight", "image_size", "seed", "max_minutes", "threads"):
+    for name in ("steps", "batch_size", "lr", "dense_weight", "image_size", "seed", "max_minutes", "threads",
+                 "group_weight", "group_loss", "init", "eval_scenes"):
         v = getattr(args, name)
         if v is not None:
             over[name] = v
@@ -108,7 +117,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         if sys.argv and "pretrain" in sys.argv[1:2] else None
     pretrain(cfg, args.out, command=command, progress=not args.no_progress)
     if args.ship:
-        pt, js = ship(args.out, args.profile)
+        pt, js = ship(args.out, args.profile, name=args.ship_name)
         log.info("[pretrain] shipped %s and %s", pt.name, js.name)
     return 0
 

@@ -52,7 +52,8 @@ from ..artifacts import append_jsonl, write_json
 from ..artifacts import json_default as _json_default
 from ..device import get_device, seed_everything
 from .config import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CLASSIFIER_NAME, LR_SCHEDULES, METRICS_NAME,  # noqa: F401
-                     SUMMARY_NAME, LoopConfig, NonFiniteLossError, lr_at, make_optimizer, param_groups, set_lr)
+                     SUMMARY_NAME, LoopConfig, NonFiniteLossError, apply_trans_lr_mult, is_transformer_branch, lr_at,
+                     make_optimizer, param_groups, set_lr)
 from .sampler import EpochIndexed, ResumableDistributedSampler  # noqa: F401
 from .state import (_batch_size_of, _check_resume_compatible, _init_distributed, _params_finite,  # noqa: F401
                     _rng_state, _save_torch, _set_rng_state, _to_device, amp_setup, dist_env,
@@ -60,7 +61,8 @@ from .state import (_batch_size_of, _check_resume_compatible, _init_distributed,
 
 __all__ = [
     "CHECKPOINT_FORMAT", "NonFiniteLossError", "LoopConfig", "RunFiles", "StageSpec", "LR_SCHEDULES",
-    "param_groups", "lr_at", "make_optimizer", "set_lr", "ResumableDistributedSampler", "EpochIndexed",
+    "param_groups", "is_transformer_branch", "apply_trans_lr_mult", "lr_at", "make_optimizer", "set_lr",
+    "ResumableDistributedSampler", "EpochIndexed",
     "train_loop", "load_training_checkpoint", "amp_setup", "dist_env", "truncate_log",
 ]
 

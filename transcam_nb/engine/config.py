@@ -13,7 +13,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..config import Profile
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CLASSIFIER_NAME", "METRICS_NAME", "SUMMARY_NAME",
-           "NonFiniteLossError", "LoopConfig", "LR_SCHEDULES", "param_groups", "lr_at", "make_optimizer", "set_lr"]
+           "NonFiniteLossError", "LoopConfig", "LR_SCHEDULES", "param_groups", "is_transformer_branch",
+           "apply_trans_lr_mult", "lr_at", "make_optimizer", "set_lr"]
 
 CHECKPOINT_FORMAT = "transcam_nb.train/1"
 CHECKPOINT_NAME = "last.pt"
@@ -30,17 +31,46 @@ class NonFiniteLossError(RuntimeError):
 # =========================================================================================
 # optimiser pieces
 # =========================================================================================
-def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = False) -> list[dict]:
+def is_transformer_branch(name: str) -> bool:
+    """Whether parameter ``name`` of a Conformer belongs to its transformer branch: ``trans_1``,
+    ``trans_patch_conv``, ``cls_token``, every ``conv_trans_i.trans_block`` and
+    ``conv_trans_i.squeeze_block`` (FCUDown). Not the heads (``trans_norm``, ``trans_cls_head``)."""
+    parts = name.split(".")
+    if parts[0] in ("trans_1", "trans_patch_conv", "cls_token"):
+        return True
+    return parts[0].startswith("conv_trans_") and len(parts) > 1 and parts[1] in ("trans_block", "squeeze_block")
+
+
+def apply_trans_lr_mult(model: nn.Module, mult: float) -> int:
+    """``mult == 0``: freeze the transformer branch (:func:`is_transformer_branch`,
+    ``requires_grad=False``); returns the number of parameters matched."""
+    n = 0
+    for name, p in model.named_parameters():
+        if is_transformer_branch(name):
+            n += 1
+            if mult == 0:
+                p.requires_grad_(False)
+    return n
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = False,
+                 trans_lr_mult: float = 1.0) -> list[dict]:
     """AdamW parameter groups. The reference uses **one** group (weight decay on everything);
-    ``no_decay_norm_bias`` exempts 1-D parameters (norm weights, biases) and ``cls_token``."""
+    ``no_decay_norm_bias`` exempts 1-D parameters (norm weights, biases) and ``cls_token``.
+    Every group carries ``lr_mult`` (:func:`set_lr`): ``trans_lr_mult`` for the transformer
+    branch (:func:`is_transformer_branch`; issue 11), 1 elsewhere. Frozen parameters
+    (``requires_grad=False``) are left out."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not no_decay_norm_bias:
-        return [{"params": [p for _, p in params], "weight_decay": weight_decay}]
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
+    groups: dict = {(False, 1.0): []}
+    if no_decay_norm_bias:  # both groups always exist (optimizer states of earlier runs resume)
+        groups[(True, 1.0)] = []
     for n, p in params:
-        (no_decay if p.ndim <= 1 or n in skip or n.split(".")[-1] in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        nd = no_decay_norm_bias and (p.ndim <= 1 or n in skip or n.split(".")[-1] in skip)
+        mult = float(trans_lr_mult) if trans_lr_mult != 1.0 and is_transformer_branch(n) else 1.0
+        groups.setdefault((nd, mult), []).append(p)
+    return [{"params": ps, "weight_decay": 0.0 if nd else weight_decay, "lr_mult": mult}
+            for (nd, mult), ps in sorted(groups.items(), key=lambda kv: (kv[0][1] != 1.0, kv[0]))]
 
 
 def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "constant", warmup_frac: float = 0.0,
@@ -79,7 +109,10 @@ def make_optimizer(model: nn.Module, cfg: "LoopConfig") -> torch.optim.Optimizer
     network's own ``param_groups(lr, weight_decay)`` (AffinityNet, DeepLab: groups with an
     ``lr_mult``), with ``cfg.momentum``."""
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias), lr=cfg.lr, eps=1e-8)
+        if cfg.trans_lr_mult == 0:
+            apply_trans_lr_mult(model, 0.0)
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias, cfg.trans_lr_mult),
+                                 lr=cfg.lr, eps=1e-8)
     groups = (model.param_groups(cfg.lr, cfg.weight_decay) if hasattr(model, "param_groups")
               else param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias))
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -112,6 +145,7 @@ class LoopConfig:
     no_decay_norm_bias: bool = False
     lr_schedule: str = "constant"
     warmup_frac: float = 0.0
+    trans_lr_mult: float = 1.0  # lr multiplier of a Conformer's transformer branch (AdamW; 0 = frozen; issue 11)
     poly_power: float = 0.9
     optimizer: str = "adamw"
     momentum: float = 0.0

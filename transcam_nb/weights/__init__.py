@@ -10,6 +10,13 @@ and the manifest records the exact command, the config and its hash, the pretext
 version, the seed, the wall time and the final pretext metrics. tests/test_pretrain.py fails
 when the pretraining config or the generator changes without the weights being regenerated.
 
+``tiny_pretrained_grouped.pt`` (+ ``.json``, issue 11) continues ``tiny_pretrained.pt`` for 100
+steps with the attention-grouping loss (deep-block attention kept on tokens of the same pretext
+class; :mod:`transcam_nb.pretrain`, ``group_weight``); its manifest holds the exact command
+(``--init package:tiny_pretrained.pt --group-weight 1 ... --ship --ship-name tiny_pretrained_grouped``).
+The two files give the book its causal contrast: same network, same pretext, with and without
+object-affine attention.
+
 A profile refers to a shipped file as ``init_checkpoint="package:tiny_pretrained.pt"``;
 :func:`resolve_checkpoint` turns that into a path (any other string is a plain path).
 """

@@ -53,3 +53,16 @@ def test_plot_stages_bars_in_order_with_the_papers_beside():
     heights = [round(p.get_height(), 1) for p in ax.patches]
     assert heights == [40.0, 45.0, 50.0, 69.3]
     plt.close("all")
+
+
+def test_plot_attention_shares_one_line_per_model_and_the_uniform_baseline():
+    d = {"obj_to_own": [0.2, 0.5, 0.7], "obj_to_own_uniform": 0.19,
+         "bg_to_bg": [0.8, 0.85, 0.9], "bg_to_bg_uniform": 0.74}
+    e = {**d, "obj_to_own": [0.1, 0.2, 0.3]}
+    fig = viz.plot_attention_shares({"a": d, "b": e})
+    left, right = fig.axes
+    assert [ln.get_label() for ln in left.lines] == ["a", "uniform attention", "b"]
+    assert np.allclose(left.lines[2].get_ydata(), [0.1, 0.2, 0.3])
+    assert np.allclose(right.lines[1].get_ydata(), 0.74)  # the baseline of the right panel
+    assert list(left.lines[0].get_xdata()) == [1, 2, 3]  # blocks count from 1
+    plt.close(fig)

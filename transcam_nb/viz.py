@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = ["colorize_labels", "show_image", "show_cam", "show_labels", "show_map", "show_attention_point",
-           "image_grid", "image_mask_gallery", "label_row", "cam_gallery", "plot_stages", "plot_curves", "plot_tau_curve"]
+           "image_grid", "image_mask_gallery", "label_row", "cam_gallery", "plot_stages", "plot_curves", "plot_tau_curve",
+           "plot_attention_shares"]
 
 
 def _np(x):
@@ -234,3 +235,28 @@ def plot_stages(ours: Mapping[str, float], paper: Mapping[str, float] | None = N
     if title:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+def plot_attention_shares(diagnostics: Mapping[str, Mapping], size: float = 3.6):
+    """The attention diagnostic (:func:`transcam_nb.diagnostics.attention_diagnostic`) of one or
+    more models side by side: per block, the share of an object query's attention that stays on
+    its own object (left) and of a background query's that stays on background (right), one
+    line per model, the uniform-attention baseline dashed. ``diagnostics = {name: result}``.
+    Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, 0.8 * size), sharex=True)
+    panels = [("obj_to_own", "object → own object"), ("bg_to_bg", "background → background")]
+    for ax, (key, title) in zip(axes, panels):
+        for i, (name, d) in enumerate(diagnostics.items()):
+            vals = np.asarray(d[key], dtype=float)
+            ax.plot(np.arange(1, vals.size + 1), vals, marker="o", ms=3, label=name)
+            if i == 0:
+                ax.axhline(d[f"{key}_uniform"], color="gray", ls="--", lw=1, label="uniform attention")
+        ax.set_xlabel("block")
+        ax.set_ylabel("share of the attention row")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

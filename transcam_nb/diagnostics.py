@@ -44,6 +44,9 @@ from typing import Sequence
 
 import numpy as np
 
+from .refine import VARIANT_ALIASES
+from .refine import VARIANTS as _REFINE_VARIANTS
+
 __all__ = [
     "VARIANTS",
     "token_membership",
@@ -54,16 +57,9 @@ __all__ = [
     "evaluate_refinements",
 ]
 
-#: issue-8 variants: name -> (refine method, blocks)
-VARIANTS: dict[str, tuple[str, str]] = {
-    "cam": ("none", "AA"),
-    "transcam": ("transcam", "AA"),
-    "AS": ("transcam", "AS"),
-    "AD": ("transcam", "AD"),
-    "clsattn": ("clsattn", "AA"),
-    "attnagg": ("attnagg", "AA"),
-    "rollout": ("rollout", "AA"),
-}
+#: the refinement variants by their short names: a view of the one table,
+#: :data:`transcam_nb.refine.VARIANTS` (short name -> (refine method, blocks))
+VARIANTS: dict[str, tuple[str, object]] = {k: _REFINE_VARIANTS[v] for k, v in VARIANT_ALIASES.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -278,82 +274,54 @@ def evaluate_refinements(
 ) -> dict:
     """Score every refinement variant of a trained WSSS classifier on ``root``/``split``.
 
-    Per image and scale (square resize, as the authors), the original and its flip go through
-    the network once with every block's attention; each variant of :data:`VARIANTS` is
-    refined (:func:`transcam_nb.refine.refine_cam`), its present-class channels upsampled
-    to the image, multiplied by the image label, flipped back and summed over passes, then
-    ReLU + min-max normalised (:func:`transcam_nb.cam.normalize_cam`): the procedure of
-    :func:`transcam_nb.cam.multiscale_cam`, sharing the forward passes between variants.
-    The attention diagnostic uses the pass at the image's own size (else the first scale).
+    Per image, :func:`transcam_nb.cam.multiscale_variants` runs the original and its flip once
+    per scale (square resize, as the authors) with every block's attention kept and refines,
+    fuses and normalises each variant exactly as :func:`transcam_nb.cam.multiscale_cam` does
+    (``variants``: short names of :data:`VARIANTS` or display names of
+    :data:`transcam_nb.refine.VARIANTS`; results are keyed by the names given). The attention
+    diagnostic uses the pass at the image's own size (else the last scale).
 
     Returns a dict: per variant ``best_miou``, ``best_tau``, ``miou_at`` (fixed τs),
     ``curve``, coverage/precision; plus ``attention`` and run facts.
     """
-    import torch
-    import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from .cam import normalize_cam, preprocess, scaled_size
+    from .cam import multiscale_variants
     from .data.synthetic import instance_masks, load_instances
     from .data.voc import load_mask
     from .metrics import ThresholdSweep
-    from .refine import refine_cam
+    from .refine import select_variants
 
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    table = {v: next(iter(select_variants([v]).values())) for v in variants}  # raises on unknown names
     thr = sorted(set([round(float(t), 6) for t in thresholds] + [round(float(t), 6) for t in fixed_taus]))
     ds = _dataset(root, split)
     inst = load_instances(ds.root)
     K = len(ds.class_names)
-    device = device or next(model.parameters()).device
     n = len(ds) if limit is None else min(limit, len(ds))
     sweeps = {v: ThresholdSweep(thr, num_classes=K + 1) for v in variants}
     covs = {v: CoveragePrecision(coverage_threshold) for v in variants}
     diag = AttentionDiagnostic(len(model.blocks))
     t0 = time.perf_counter()
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i in tqdm(range(n), desc="evaluate variants", disable=not progress, dynamic_ncols=True):
-                s = ds[i]
-                H, W = s.image.shape[:2]
-                classes = np.flatnonzero(s.label > 1e-5)
-                chan = torch.from_numpy(classes + 1)
-                wts = torch.from_numpy(s.label[classes].astype(np.float32))
-                sums = {v: torch.zeros((classes.size, H, W)) for v in variants}
-                diag_done = False
-                for si, sc in enumerate(scales):
-                    h, w = scaled_size((H, W), sc, square=True, patch=model.patch_size)
-                    x = torch.from_numpy(preprocess(s.image, (h, w)))[None]
-                    if flip:
-                        x = torch.cat([x, x.flip(-1)])
-                    out = model(x.to(device), return_attn=True)
-                    cam = out.cam.float().cpu()
-                    attn = out.attn.float().cpu()  # [L, B, N, N]
-                    if not diag_done and ((h, w) == (H, W) or si == len(scales) - 1):
-                        objm = load_mask(ds.root / "SegmentationObject" / f"{s.id}.png")
-                        mem = token_membership(objm, len(inst[s.id]["objects"]),
-                                               (h // model.patch_size, w // model.patch_size))
-                        diag.update(attn[:, 0].numpy(), mem)
-                        diag_done = True
-                    for v in variants:
-                        method, blocks = VARIANTS[v]
-                        r = refine_cam(cam, attn if method != "none" else None, method, blocks=blocks)
-                        m = F.interpolate(r[:, chan], size=(H, W), mode="bilinear", align_corners=False)
-                        m = m * wts[None, :, None, None]
-                        sums[v] += m[0]
-                        if flip:
-                            sums[v] += m[1].flip(-1)
-                gt = s.mask
-                objects = instance_masks(ds.root, s.id, inst)
-                for v in variants:
-                    cams = normalize_cam(sums[v]).numpy()
-                    sweeps[v].update(cams, classes, gt)
-                    covs[v].update(cams, classes, gt, objects)
-    finally:
-        model.train(was)
+    for i in tqdm(range(n), desc="evaluate variants", disable=not progress, dynamic_ncols=True):
+        s = ds[i]
+        H, W = s.image.shape[:2]
+        done = []
+
+        def diagnose(p, s=s, H=H, W=W, done=done):
+            if done or not (p.size_hw == (H, W) or p.index == len(scales) - 1) or p.flipped[0]:
+                return
+            h, w = p.size_hw
+            objm = load_mask(ds.root / "SegmentationObject" / f"{s.id}.png")
+            mem = token_membership(objm, len(inst[s.id]["objects"]), (h // model.patch_size, w // model.patch_size))
+            diag.update(p.out.attn[:, 0].float().cpu().numpy(), mem)
+            done.append(True)
+
+        res = multiscale_variants(model, s.image, s.label, variants=table, scales=scales, flip=flip, square=True,
+                                  device=device, return_attn=True, on_pass=diagnose)
+        objects = instance_masks(ds.root, s.id, inst)
+        for v, (cams, classes) in res.items():
+            sweeps[v].update(cams, classes, s.mask)
+            covs[v].update(cams, classes, s.mask, objects)
     res = {"images": n, "split": split, "scales": list(scales), "flip": flip, "seconds": round(time.perf_counter() - t0, 1),
            "attention": diag.result(), "variants": {}}
     for v in variants:

@@ -238,13 +238,20 @@ def refine_cam_sdpa(cam: torch.Tensor, qk, method: str = "transcam", *, reduce: 
     with _no_autocast(cam.device):
         acc = torch.zeros((B, hw, C) if method == "transcam" else (B, hw), dtype=torch.float32, device=cam.device)
         if method == "transcam":
-            # values: [0; cam] per token, shared by the heads
-            v = F.pad(cam.reshape(B, C, hw).transpose(1, 2).float(), (0, 0, 1, 0))  # [B, N, C]
+            # values: [0; cam] per token, shared by the heads, in groups of d columns zero-padded to d
+            # (the fused CPU kernel needs value width == head width; other widths fall back to a ~5x
+            # slower path)
+            d = q0.shape[-1]
+            groups = -(-C // d)
+            v = F.pad(cam.reshape(B, C, hw).transpose(1, 2).float(), (0, groups * d - C, 1, 0))  # [B, N, G·d]
+            v = v.to(q0.dtype)
         for q, k, scale in qk:
             if method == "transcam":
-                vv = v.to(q.dtype)[:, None].expand(B, heads, hw + 1, C)
-                o = F.scaled_dot_product_attention(q, k, vv, scale=scale)  # [B, heads, N, C]
-                acc += o[:, :, 1:].float().mean(dim=1)
+                for g in range(groups):
+                    vv = v[:, None, :, g * d:(g + 1) * d].expand(B, heads, hw + 1, d)
+                    o = F.scaled_dot_product_attention(q, k, vv, scale=scale)  # [B, heads, N, d]
+                    c0, c1 = g * d, min(C, (g + 1) * d)
+                    acc[:, :, c0:c1] += o[:, :, 1:, : c1 - c0].float().mean(dim=1)
             else:
                 logits = (q[:, :, :1].float() @ k.float().transpose(-2, -1)) * scale  # [B, heads, 1, N]
                 acc += logits.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)

@@ -73,7 +73,7 @@ def _load_image(path: str | None):
 
 
 # ----------------------------------------------------------------------------- keep-all
-def keepall_pseudo_label(model, pil, labels, scales, taus):
+def keepall_pseudo_label(model, pil, labels, scales, taus, device="cpu"):
     """The authors' recipe, as REFERENCE.md §3/§11 describes it (per-head maps kept and stacked)."""
     import numpy as np
     import torch
@@ -105,7 +105,7 @@ def keepall_pseudo_label(model, pil, labels, scales, taus):
                 for flipped in (False, True):
                     xi = np.flip(x, -1).copy() if flipped else x
                     store.clear()
-                    out = model(torch.from_numpy(xi)[None])
+                    out = model(torch.from_numpy(xi)[None].to(device))
                     stacked = torch.stack(store)  # [12, 1, heads, N, N]: the second copy
                     a = torch.mean(stacked, dim=2).sum(0)[:, 1:, 1:]  # head mean, block sum, drop cls
                     cam = out.cam
@@ -114,7 +114,7 @@ def keepall_pseudo_label(model, pil, labels, scales, taus):
                     del stacked, a
                     store.clear()
                     up = F.interpolate(cam[:, 1:], (H, W), mode="bilinear", align_corners=False)[0]
-                    up = up.numpy() * labels.reshape(20, 1, 1)
+                    up = up.cpu().numpy() * labels.reshape(-1, 1, 1)
                     if flipped:
                         up = np.flip(up, -1)
                     cam_list.append(up)
@@ -130,7 +130,7 @@ def keepall_pseudo_label(model, pil, labels, scales, taus):
     cam_dict = {int(k): norm[k] for k in np.flatnonzero(labels > 1e-5)}
     out_labels = []
     for t in taus:
-        tensor = np.zeros((21, H, W), np.float32)
+        tensor = np.zeros((labels.size + 1, H, W), np.float32)
         for k, v in cam_dict.items():
             tensor[k + 1] = v
         tensor[0] = t

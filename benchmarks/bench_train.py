@@ -1,7 +1,7 @@
 """Training throughput (images/s) and peak memory of the classifier step (issue 5, §7).
 
 One training step = forward (fused attention, no weights kept) + Eq. 6 loss + backward + AdamW
-step, exactly what :func:`transcam_nb.train.train_loop` does per batch, on random images and
+step, exactly what :func:`transcam_nb.engine.train_loop` does per batch, on random images and
 labels (data loading is not timed). Configurations:
 
 ``paper``  ``transcam_small`` (Conformer-S, 37.7 M parameters), 512×512, batch 8, drop-path 0.1;
@@ -49,7 +49,8 @@ def run_one(name: str, args) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from transcam_nb.device import get_device
     from transcam_nb.models import create_model
-    from transcam_nb.train import _amp_setup, classification_loss
+    from transcam_nb.engine import amp_setup as _amp_setup
+    from transcam_nb.train import classification_loss
 
     cfg = dict(CONFIGS[name])
     if args.batch:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import shared_path
-from transcam_nb.postprocess.affinity import (
+from transcam_nb.postprocess import (
     AFFINITY_PRESETS,
     AffinityDataset,
     AffinityNet,
@@ -397,3 +397,33 @@ def test_random_walk_with_a_model(net18):
     assert lab.shape == (45, 77) and set(np.unique(lab)) <= {0, 8}
     with pytest.raises(ValueError, match="needs the image"):
         random_walk(cams, [7], net18)
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path):
+    """AffinityNet refuses a checkpoint made with other settings (as the classifier and DeepLab
+    do); settings that do not change what is trained (num_workers, save_every) may change."""
+    cfg = get_affinity_preset("tiny", batch_size=2, epochs=1, crop_size=96, save_every=1, device="cpu")
+    ds = AffinityDataset(_toy_items(4), crop_size=96, seed=0)
+    torch.manual_seed(0)
+    train_affinity(AffinityNet("resnet18"), ds, cfg, out_dir=tmp_path, progress=False, stop_after=1)
+    with pytest.raises(ValueError, match=r"cannot resume .*lr: 0.01 -> 0.02"):
+        train_affinity(AffinityNet("resnet18"), ds, cfg.replace(lr=0.02), out_dir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="dataset_size"):
+        train_affinity(AffinityNet("resnet18"), AffinityDataset(_toy_items(6), crop_size=96), cfg,
+                       out_dir=tmp_path, progress=False)
+    out = train_affinity(AffinityNet("resnet18"), ds, cfg.replace(save_every=5), out_dir=tmp_path, progress=False)
+    assert out["step"] == 2 and out["final"] is not None
+
+
+def test_paper_preset_refuses_an_untrained_backbone(tmp_path):
+    from transcam_nb.models.factory import MissingInitError
+
+    cfg = get_affinity_preset("paper", backbone="resnet18", batch_size=2, epochs=1, crop_size=96, num_workers=0,
+                              device="cpu")
+    ds = AffinityDataset(_toy_items(2), crop_size=96, seed=0)
+    with pytest.raises(MissingInitError, match=r"pretrained_path.*affinity_weights.*from_scratch=True"):
+        train_affinity(AffinityNet("resnet18"), ds, cfg, out_dir=tmp_path / "a", progress=False)
+    assert not (tmp_path / "a" / "affinity_last.pt").exists()
+    out = train_affinity(AffinityNet("resnet18"), ds, cfg, out_dir=tmp_path / "a", progress=False,
+                         from_scratch=True)
+    assert out["step"] == 1

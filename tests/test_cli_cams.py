@@ -209,7 +209,7 @@ def test_evaluate_against_independent_metric(setup, reference_run, tmp_path, cap
     res = json.loads(js.read_text())
     expected = _independent_miou(reference_run / "cams", root / "SegmentationClass", ids, 0.25)
     assert res["miou_fixed_tau"] == pytest.approx(expected, abs=1e-12)
-    assert len(res["curve"]) == 60
+    assert len(res["curve"]) == 91  # metrics.DEFAULT_THRESHOLDS: 0.00 ... 0.90
     t_best = res["best_tau"]
     assert res["best_miou"] == pytest.approx(_independent_miou(reference_run / "cams", root / "SegmentationClass",
                                                                ids, t_best), abs=1e-12)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from transcam_nb.metrics import DEFAULT_THRESHOLDS, VOC_CLASSES, ConfusionMatrix, ThresholdSweep
+from transcam_nb.config import VOC_CLASSES
+from transcam_nb.metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep
 from transcam_nb.pseudo import label_map
 
 
@@ -118,10 +119,10 @@ def test_table_has_voc_names_and_mean_row():
     for p, g in pairs:
         cm.update(p, g)
     df = cm.table()
-    assert list(df["class"][:21]) == list(VOC_CLASSES)
+    assert list(df["class"][:21]) == ["background", *VOC_CLASSES]
     assert df.loc["mIoU", "IoU"] == pytest.approx(cm.miou())
     assert len(df) == 22
-    assert VOC_CLASSES[15] == "person" and VOC_CLASSES[20] == "tvmonitor"
+    assert df["class"][15] == "person" and df["class"][20] == "tvmonitor"
 
 
 def _random_cams(rng, shape=(6, 8)):
@@ -142,8 +143,10 @@ def test_sweep_equals_label_map_at_every_threshold():
     for cams, classes, gt in data:
         sweep.update(cams, classes, gt)
     res = sweep.result()
-    assert len(res.thresholds) == 60 and res.thresholds[0] == 0.0 and res.thresholds[-1] == pytest.approx(0.59)
-    for i in (0, 13, 25, 59):
+    # the one τ grid: 0.00 ... 0.90 (issue: contains the authors' 0 ... 0.59)
+    assert len(res.thresholds) == 91 and res.thresholds[0] == 0.0 and res.thresholds[-1] == pytest.approx(0.90)
+    assert res.thresholds[59] == pytest.approx(0.59)
+    for i in (0, 13, 25, 59, 90):
         tau = DEFAULT_THRESHOLDS[i]
         preds = [(label_map(c, k, tau, shape=g.shape), g) for c, k, g in data]
         _, _, _, _, miou = reference_counts(preds)
@@ -152,6 +155,16 @@ def test_sweep_equals_label_map_at_every_threshold():
     assert res.best_tau == res.thresholds[int(np.argmax(res.miou))]
     assert res.at(0.25).miou() == pytest.approx(res.miou[25])
     assert list(res.curve().columns) == ["tau", "mIoU"]
+    # one summary shape, fractions
+    from transcam_nb.metrics import sweep_grid, sweep_summary
+
+    summ = sweep_summary(res, 0.25)
+    assert summ["taus"] == [float(t) for t in DEFAULT_THRESHOLDS] and summ["mious"] == list(res.miou)
+    assert summ["best_tau"] == res.best_tau and summ["best_miou"] == res.best_miou <= 1.0
+    assert summ["fixed_tau"] == 0.25 and summ["fixed_miou"] == res.miou[25]
+    assert summ["iou_fixed"] == list(res.at(0.25).iou())
+    assert sweep_summary(res)["fixed_miou"] is None
+    assert sweep_grid(0.255)[:3] == (0.0, 0.01, 0.02) and 0.255 in sweep_grid(0.255) and len(sweep_grid(0.25)) == 91
 
 
 def test_sweep_uses_float32_threshold_like_the_reference():

@@ -15,7 +15,7 @@ import pytest
 
 from transcam_nb import pipeline
 from transcam_nb.data import synthetic
-from transcam_nb.profiles import get_profile
+from transcam_nb.config import get_profile
 
 pytest.importorskip("pydensecrf", reason="the CRF stage needs pydensecrf2")
 

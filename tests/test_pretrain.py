@@ -88,7 +88,7 @@ def test_lr_schedule_warmup_then_cosine():
 def test_config_hash_tracks_what_changes_the_weights():
     cfg = default_config("tiny")
     assert cfg.pretext_version == pretext.PRETEXT_VERSION
-    assert cfg.model_overrides == {k: v for k, v in __import__("transcam_nb.profiles").profiles.get_profile(
+    assert cfg.model_overrides == {k: v for k, v in __import__("transcam_nb.config").config.get_profile(
         "tiny").model_overrides.items() if k != "drop_path_rate"}
     h = config_hash(cfg)
     assert config_hash(cfg.replace(threads=2, max_minutes=5, log_every=3)) == h  # run-only knobs
@@ -105,8 +105,8 @@ def _state(model):
 def test_a_few_pretraining_steps_and_fine_tune_loading(tmp_path):
     from transcam_nb.models import create_model
     from transcam_nb.models.checkpoints import read_state_dict
-    from transcam_nb.train import build_model_for_profile
-    from transcam_nb.profiles import get_profile
+    from transcam_nb.models.factory import build_model_for_profile
+    from transcam_nb.config import get_profile
 
     cfg = default_config("tiny", steps=3, **SMALL)
     man = pretrain(cfg, tmp_path / "run", command="test", progress=False)
@@ -202,7 +202,7 @@ def test_package_resolver(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrain"):
         resolve_checkpoint(PACKAGE_PREFIX + "no_such_pretrained.pt")
     with pytest.raises(ValueError):
-        resolve_checkpoint(PACKAGE_PREFIX + "../profiles.py")
+        resolve_checkpoint(PACKAGE_PREFIX + "../config.py")
 
 
 def test_shipped_tiny_weights_are_current():
@@ -228,10 +228,10 @@ def test_shipped_tiny_weights_are_current():
 
 
 def test_tiny_profile_starts_from_the_shipped_weights():
-    from transcam_nb.profiles import get_profile
+    from transcam_nb.config import get_profile
 
     prof = get_profile("tiny")
     assert prof.init_checkpoint == PACKAGE_PREFIX + "tiny_pretrained.pt", (
         "issue 8: the tiny profile must fine-tune from the shipped pretrained weights; set "
-        "init_checkpoint='package:tiny_pretrained.pt' in transcam_nb/profiles.py (TINY)")
+        "init_checkpoint='package:tiny_pretrained.pt' in transcam_nb/config.py (SETTINGS['tiny'])")
     assert resolve_checkpoint(prof.init_checkpoint) == WEIGHTS_DIR / "tiny_pretrained.pt"

@@ -418,3 +418,35 @@ def test_read_label_modes(tmp_path):
         read_label(tmp_path / "odd.png")
     with pytest.raises(ValueError, match="l.png"):
         read_label(tmp_path / "l.png", num_classes=5)
+
+
+def test_paper_preset_refuses_an_untrained_backbone(tmp_path):
+    """Frozen BatchNorm (the paper preset) on random weights would freeze meaningless statistics:
+    such a run needs pretrained_path, or from_scratch=True on purpose."""
+    from transcam_nb.models.factory import MissingInitError
+
+    ids = _write_dataset(tmp_path / "voc", n=2)
+    cfg = get_seg_config("paper", backbone="resnet10t", num_classes=5, iters=1, batch=2, crop=32, workers=0,
+                         amp=False)
+    kw = dict(image_root=tmp_path / "voc", pseudo_label_dir=tmp_path / "voc" / "pseudo", ids=ids, device="cpu",
+              progress=False)
+    with pytest.raises(MissingInitError, match=r"pretrained_path.*from_scratch=True"):
+        train_segmentation(cfg, out_dir=tmp_path / "o", **kw)
+    res = train_segmentation(cfg, out_dir=tmp_path / "o", from_scratch=True, **kw)
+    assert res.iteration == 1 and res.model_path.is_file()
+
+
+def test_resize_cubic_is_opencv_inter_cubic_by_hand():
+    """Keys' cubic kernel with a = -0.75 (OpenCV's INTER_CUBIC), half-pixel centres, clamped
+    borders, rounded and clipped to 0..255: a 2-pixel ramp 0 → 100 doubled gives 0 (−10.5 clipped),
+    23 = 100·(W(0.75) + W(1.75)) = 100·(0.26172 − 0.03516), 77, and 111 (the cubic overshoot
+    100·(W(0.25) + W(0.75) + W(1.75)) = 110.55); bilinear would give 0, 25, 75, 100."""
+    from transcam_nb.segmentation.train import resize_cubic
+
+    img = np.zeros((1, 2, 3), np.uint8)
+    img[0, 1] = 100
+    out = resize_cubic(img, 1, 4)
+    assert out.dtype == np.uint8 and out.shape == (1, 4, 3)
+    assert out[0, :, 0].tolist() == [0, 23, 77, 111]
+    flat = np.full((5, 7, 3), 200, np.uint8)
+    assert (resize_cubic(flat, 9, 3) == 200).all()

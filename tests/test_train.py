@@ -18,22 +18,23 @@ import pytest
 import torch
 
 from transcam_nb.models import ConformerOutput, create_model, load_checkpoint
-from transcam_nb.profiles import get_profile
-from transcam_nb.train import (
+from transcam_nb.models.factory import build_model_for_profile
+from transcam_nb.config import get_profile
+from transcam_nb.engine import (
     LoopConfig,
     NonFiniteLossError,
     ResumableDistributedSampler,
-    average_precision,
-    build_model_for_profile,
-    classification_loss,
-    evaluate_classifier,
     load_training_checkpoint,
     lr_at,
     param_groups,
-    parse_set_overrides,
+    train_loop,
+)
+from transcam_nb.train import (
+    average_precision,
+    classification_loss,
+    evaluate_classifier,
     read_metrics_log,
     train_classifier,
-    train_loop,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +221,7 @@ _KILL_SCRIPT = r"""
 import json, os, signal, sys
 import torch
 torch.set_num_threads(1)
-from transcam_nb.profiles import get_profile
+from transcam_nb.config import get_profile
 from transcam_nb.train import train_classifier
 cfg = json.loads(sys.argv[1])
 prof = get_profile("tiny", **cfg["profile"])
@@ -305,7 +306,7 @@ def test_finished_run_is_not_retrained_and_changed_settings_refuse_to_resume(dat
 # ------------------------------------------------------------------------------------ non-finite loss
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data_root, tmp_path):
     prof = small_profile(data_root)
-    from transcam_nb.train import build_train_dataset
+    from transcam_nb.data.roots import build_train_dataset
 
     ds = build_train_dataset(prof, progress=False)
     model = build_model_for_profile(prof, verbose=False)
@@ -370,19 +371,6 @@ def test_metrics_log_skips_a_line_cut_by_a_kill(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ CLI
-def test_parse_set_overrides_types():
-    prof = get_profile("tiny")
-    o = parse_set_overrides(["lr=1e-4", "resize_long=[64, 96]", "jitter=None", "batch-size=4", "compile=true",
-                             "lr_schedule=constant", "weight_decay=0", "model_overrides={'embed_dim': 32}"], prof)
-    assert o == {"lr": 1e-4, "resize_long": (64, 96), "jitter": None, "batch_size": 4, "compile": True,
-                 "lr_schedule": "constant", "weight_decay": 0.0, "model_overrides": {"embed_dim": 32}}
-    prof.replace(**o)
-    with pytest.raises(ValueError, match="not a profile field"):
-        parse_set_overrides(["learning_rate=1"], prof)
-    with pytest.raises(ValueError, match="expected int"):
-        parse_set_overrides(["batch_size=big"], prof)
-
-
 def test_cli_tiny_profile_generates_the_benchmark(tmp_path, monkeypatch, capsys):
     from transcam_nb import cli
 
@@ -409,7 +397,7 @@ def test_tiny_profile_starts_from_its_package_weights():
     if not prof.init_checkpoint:
         pytest.skip("the tiny profile has no init_checkpoint")
     from transcam_nb.models import read_state_dict
-    from transcam_nb.train import resolve_init_path
+    from transcam_nb.weights import resolve_checkpoint as resolve_init_path
 
     try:
         path = resolve_init_path(prof.init_checkpoint)
@@ -421,3 +409,23 @@ def test_tiny_profile_starts_from_its_package_weights():
     body = [k for k in own if "cls_head" not in k]
     assert body and all(torch.equal(own[k], sd[k].to(own[k].dtype)) for k in body)
     assert own["conv_cls_head.weight"].shape[0] == prof.num_classes + 1
+
+
+def test_paper_profile_refuses_to_start_from_random_weights(tmp_path):
+    """Without init weights the paper profile stops before reading any data, naming --init;
+    from_scratch=True lets it through (here to the next error: the missing VOC folder)."""
+    from transcam_nb import cli
+    from transcam_nb.models.factory import MissingInitError
+
+    voc = tmp_path / "no_voc"
+    with pytest.raises(MissingInitError, match=r"init \(--init\).*from_scratch=True"):
+        train_classifier("paper", tmp_path / "run", data_root=voc, progress=False)
+    with pytest.raises(Exception) as e:
+        train_classifier("paper", tmp_path / "run", data_root=voc, progress=False, from_scratch=True)
+    assert not isinstance(e.value, MissingInitError)
+    with pytest.raises(SystemExit, match="--init"):
+        cli.main(["train", "--profile", "paper", "--out", str(tmp_path / "cli"), "--voc-root", str(voc)])
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        train_classifier("paper", tmp_path / "run", data_root=voc, init=tmp_path / "nope.pth", progress=False)
+    args = cli.build_parser().parse_args(["train", "--profile", "paper", "--out", "x", "--from-scratch"])
+    assert args.from_scratch

@@ -18,8 +18,9 @@ _SCRIPT = r"""
 import json, os, sys
 import torch
 torch.set_num_threads(1)
-from transcam_nb.profiles import get_profile
-from transcam_nb.train import build_model_for_profile, train_classifier
+from transcam_nb.config import get_profile
+from transcam_nb.models.factory import build_model_for_profile
+from transcam_nb.train import train_classifier
 cfg = json.loads(sys.argv[1])
 rank = int(os.environ["RANK"])
 prof = get_profile("tiny", **cfg["profile"])

@@ -5,6 +5,13 @@ Importing the package registers the Conformer / TransCAM model names in timm's r
 """
 __version__ = "0.1.0"
 
-from .profiles import Profile, get_profile  # noqa: E402,F401
+import logging as _logging
+
+# progress messages ([cached], [compute], [pipeline], ...) go to the "transcam_nb" logger; the
+# command line shows them at INFO, a notebook silences them with
+# logging.getLogger("transcam_nb").setLevel(logging.WARNING)
+_logging.getLogger("transcam_nb").addHandler(_logging.NullHandler())
+
+from .config import Profile, get_profile  # noqa: E402,F401
 from . import models  # noqa: E402,F401  (registers the timm names)
 from .models import create_model  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""Stage outputs on disk: atomic writes and "load if cached, else compute".
+"""Stage outputs on disk: the artifacts folder, atomic writes, JSON / JSON-lines, "load if cached".
 
 Every stage of the pipeline (checkpoint, CAM files, label PNGs, metrics JSON) writes an
 artifact that the next stage reads. Two small tools make that safe and cheap:
@@ -11,12 +11,18 @@ artifact that the next stage reads. Two small tools make that safe and cheap:
   otherwise calls ``compute_fn``, stores the result atomically and writes the manifest. Later
   notebook chapters therefore do not retrain or recompute what an earlier one produced with
   the same settings (the uvadlc "load if cached, else train" pattern).
+* :func:`write_json` / :func:`read_json`, :func:`append_jsonl` / :func:`read_jsonl` /
+  :func:`write_jsonl`: the one set of JSON helpers of the package (numpy scalars and arrays,
+  paths and sets are written as plain JSON through :func:`json_default`).
+* :func:`artifacts_dir`: where cached stage outputs go (``$TRANSCAM_ARTIFACTS``, else
+  ``<repo>/artifacts`` inside a checkout, else ``~/.cache/transcam_nb/artifacts``).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,7 +30,90 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["config_hash", "atomic_path", "atomic_write", "cached", "manifest_path", "read_manifest"]
+_log = logging.getLogger("transcam_nb.artifacts")
+
+__all__ = ["config_hash", "atomic_path", "atomic_write", "cached", "manifest_path", "read_manifest", "artifacts_dir",
+           "json_default", "to_jsonable", "write_json", "read_json", "append_jsonl", "read_jsonl", "write_jsonl"]
+
+
+def artifacts_dir() -> Path:
+    """The folder of cached stage outputs (created): ``$TRANSCAM_ARTIFACTS``, else
+    ``<repo>/artifacts`` inside a checkout (a folder with ``_config.yml``), else
+    ``~/.cache/transcam_nb/artifacts``."""
+    env = os.environ.get("TRANSCAM_ARTIFACTS")
+    if env:
+        p = Path(env)
+    else:
+        repo = Path(__file__).resolve().parents[1]
+        p = repo / "artifacts" if (repo / "_config.yml").is_file() else Path.home() / ".cache" / "transcam_nb" / "artifacts"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def json_default(o: Any):
+    """``json.dump(..., default=json_default)``: numpy scalars → numbers, arrays → lists, paths →
+    strings, sets and tuples → lists, anything else → ``str(o)``."""
+    if hasattr(o, "item") and getattr(o, "ndim", None) == 0:  # numpy / torch scalar
+        return o.item()
+    if hasattr(o, "tolist"):  # numpy array
+        return o.tolist()
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    return str(o)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """A JSON round trip (tuples → lists, numpy → numbers), so stored and fresh values compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=json_default))
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2, sort_keys: bool = True) -> None:
+    """Write ``obj`` as JSON at ``path`` atomically (see :func:`json_default` for non-JSON values)."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=indent, sort_keys=sort_keys, default=json_default)
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON at ``path``, or ``default`` when the file is absent or not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> None:
+    """Append one record as a line of JSON (a kill can cut only this last line; :func:`read_jsonl`
+    drops such a line)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=json_default) + "\n")
+        f.flush()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file (``[]`` when absent); lines that are not JSON (cut by a
+    kill) are skipped."""
+    path = Path(path)
+    out: list = []
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def write_jsonl(path: str | os.PathLike, records) -> None:
+    """Write ``records`` as JSON lines at ``path`` atomically (e.g. a log truncated for a resume)."""
+    with atomic_write(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, default=json_default) + "\n")
 
 
 def config_hash(config: Any, length: int = 16) -> str:
@@ -179,6 +268,10 @@ def cached(
         ``.pt``/``.pth`` with ``weights_only=True``, ``.json``), otherwise the path itself.
     force
         Recompute even if a matching artifact exists.
+    verbose
+        Report ``[cached]`` / ``[compute]`` (the file name, never its folder) on the
+        ``transcam_nb.artifacts`` logger at INFO level (else DEBUG); silence it with
+        ``logging.getLogger("transcam_nb").setLevel(logging.WARNING)``.
 
     Returns ``load_fn(path)`` (or the default loader's result).
     """
@@ -189,12 +282,10 @@ def cached(
     man = read_manifest(path)
     hit = path.exists() and man is not None and man.get("config_hash") == h and not force
     if hit:
-        if verbose:
-            print(f"[cached] {path} (config {h})")
+        _log.log(logging.INFO if verbose else logging.DEBUG, "[cached] %s (config %s)", path.name, h)
     else:
-        if verbose:
-            why = "forced" if force else ("config changed" if path.exists() else "not found")
-            print(f"[compute] {path} ({why}; config {h})")
+        why = "forced" if force else ("config changed" if path.exists() else "not found")
+        _log.log(logging.INFO if verbose else logging.DEBUG, "[compute] %s (%s; config %s)", path.name, why, h)
         is_dir = path.is_dir() or (not path.exists() and path.suffix == "")
         try:
             n_params = len(inspect.signature(compute_fn).parameters)

@@ -38,12 +38,14 @@ diagnostic.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .metrics import DEFAULT_THRESHOLDS
 from .refine import VARIANT_ALIASES
 from .refine import VARIANTS as _REFINE_VARIANTS
 
@@ -265,7 +267,7 @@ def evaluate_refinements(
     variants: Sequence[str] = tuple(VARIANTS),
     scales: Sequence[int] = (128,),
     flip: bool = True,
-    thresholds: Sequence[float] = tuple(i / 100 for i in range(91)),
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     fixed_taus: Sequence[float] = (0.25, 0.3),
     coverage_threshold: float = 0.3,
     limit: int | None = None,
@@ -289,7 +291,7 @@ def evaluate_refinements(
     from .cam import multiscale_variants
     from .data.synthetic import instance_masks, load_instances
     from .data.voc import load_mask
-    from .metrics import ThresholdSweep
+    from .metrics import ThresholdSweep, sweep_summary
     from .refine import select_variants
 
     table = {v: next(iter(select_variants([v]).values())) for v in variants}  # raises on unknown names
@@ -326,10 +328,11 @@ def evaluate_refinements(
            "attention": diag.result(), "variants": {}}
     for v in variants:
         sw = sweeps[v].result()
-        curve = {f"{t:.2f}": round(float(m), 4) for t, m in zip(sw.thresholds, sw.miou)}
+        summ = sweep_summary(sw)
+        curve = {f"{t:.2f}": round(m, 4) for t, m in zip(summ["taus"], summ["mious"])}
         res["variants"][v] = {
-            "best_miou": round(sw.best_miou, 4),
-            "best_tau": sw.best_tau,
+            "best_miou": round(summ["best_miou"], 4),
+            "best_tau": summ["best_tau"],
             "miou_at": {f"{t:.2f}": round(float(sw.at(t).miou()), 4) for t in fixed_taus},
             "curve": curve,
             **covs[v].result(),
@@ -357,61 +360,49 @@ def format_summary(res: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# command line: python -m transcam_nb.diagnostics --checkpoint ... --data-root ... --json ...
+# command line: python -m transcam_nb diagnostics --checkpoint ... --data-root ... --json ...
+# (its flags are defined in transcam_nb.cli with the other commands')
 # --------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m transcam_nb.diagnostics ARGS`` = ``python -m transcam_nb diagnostics ARGS``."""
+    from .cli import main as cli_main
+
+    return cli_main(["diagnostics", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_cli(args) -> int:
     """Evaluate a trained classifier (every variant + the attention diagnostic), or with
     ``--attention-only`` any checkpoint of the profile's network (e.g. a pretext checkpoint)."""
-    import argparse
-
-    import torch
-
+    from .cli.common import parse_floats, profile_from_args
     from .device import get_device, set_threads
     from .models import create_model, load_checkpoint
     from .models.checkpoints import read_state_dict
-    from .profiles import get_profile
 
-    p = argparse.ArgumentParser(prog="python -m transcam_nb.diagnostics", description=main.__doc__)
-    p.add_argument("--checkpoint", required=True, help="weights (state_dict or a dict with 'model')")
-    p.add_argument("--profile", default="tiny")
-    p.add_argument("--data-root", required=True, help="the benchmark folder (VOC layout, with instances.json)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--scales", default=None, help="comma-separated (default: the profile's)")
-    p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--fixed-taus", default=None, help="default: the profile's bg_threshold and 0.3")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--attention-only", action="store_true")
-    p.add_argument("--size", type=int, default=None, help="--attention-only: input size (default: the image's)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--device", default=None)
-    p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
-
-    set_threads(args.threads)
-    prof = get_profile(args.profile)
+    prof = profile_from_args(args, data_root=False)
+    set_threads(prof.threads)
     sd = read_state_dict(args.checkpoint)
     n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else prof.num_classes + 1
     kw = dict(prof.model_overrides)
     kw["drop_path_rate"] = 0.0
     model = create_model(prof.model, num_classes=n_out, **kw)
     load_checkpoint(model, sd, drop_mismatched_heads=False)
-    model.to(get_device(args.device)).eval()
+    model.to(get_device(None if prof.device == "auto" else prof.device)).eval()
     if args.attention_only:
         res = {"attention": attention_diagnostic(model, args.data_root, args.split, size=args.size, limit=args.limit)}
     else:
-        scales = tuple(int(s) for s in args.scales.split(",")) if args.scales else tuple(prof.scales)
-        taus = tuple(float(t) for t in args.fixed_taus.split(",")) if args.fixed_taus else \
+        scales = tuple(int(s) for s in parse_floats(args.scales, "--scales")) if args.scales else tuple(prof.scales)
+        taus = tuple(float(t) for t in parse_floats(args.fixed_taus, "--fixed-taus")) if args.fixed_taus else \
             tuple(sorted({round(float(prof.bg_threshold), 2), 0.3}))
-        res = evaluate_refinements(model, args.data_root, args.split, variants=args.variants.split(","),
+        variants = args.variants.split(",") if args.variants else list(VARIANTS)
+        res = evaluate_refinements(model, args.data_root, args.split, variants=variants,
                                    scales=scales, fixed_taus=taus, limit=args.limit)
         print(format_summary(res))
     res["checkpoint"] = str(args.checkpoint)
     res["data_root"] = str(args.data_root)
     if args.json:
-        from .artifacts import atomic_write
+        from .artifacts import write_json
 
-        with atomic_write(Path(args.json), "w") as f:
-            json.dump(res, f, indent=1, sort_keys=True)
+        write_json(Path(args.json), res, indent=1)
     else:
         print(json.dumps(res.get("attention"), indent=1))
     return 0

@@ -20,6 +20,11 @@ The background threshold τ (paper Eq. 7) is chosen by the authors with a sweep 
 number; :class:`ThresholdSweep` returns the whole curve and the best τ, and
 :func:`evaluate_labels` / a sweep's :meth:`SweepResult.at` give the mIoU at a τ fixed in
 advance. Report both.
+
+The package has **one** τ grid, :data:`DEFAULT_THRESHOLDS` = ``0.00, 0.01, …, 0.90``: it holds
+the authors' 0–0.59 sweep and is wide enough for the tiny profile, whose CAMs peak near 0.6.
+Every sweep result is summarised by :func:`sweep_summary` in one shape, with **fractions**
+(mIoU in [0, 1]); percent appears only where numbers are displayed.
 """
 from __future__ import annotations
 
@@ -28,24 +33,21 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .config import VOC_CLASSES
+
 __all__ = [
-    "VOC_CLASSES",
     "ConfusionMatrix",
     "ThresholdSweep",
     "SweepResult",
     "DEFAULT_THRESHOLDS",
+    "sweep_grid",
+    "sweep_summary",
     "evaluate_labels",
 ]
 
-#: PASCAL VOC class names, index = label value (0 = background)
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-    "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
 
-#: the authors' sweep: t = i / 100 for i in 0..59 (evaluation.py --curve)
-DEFAULT_THRESHOLDS = tuple(i / 100.0 for i in range(60))
+#: the one τ grid: t = i / 100 for i in 0..90 (contains the authors' 0..59, evaluation.py --curve)
+DEFAULT_THRESHOLDS = tuple(i / 100.0 for i in range(91))
 
 _EPS = 1e-10  # the reference's denominator epsilon
 
@@ -77,7 +79,8 @@ class ConfusionMatrix:
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
         if class_names is None:
-            class_names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(i) for i in range(num_classes)]
+            class_names = (("background",) + VOC_CLASSES if num_classes == len(VOC_CLASSES) + 1
+                           else [str(i) for i in range(num_classes)])
         if len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
         self.class_names = list(class_names)
@@ -274,3 +277,29 @@ class ThresholdSweep:
 
     def result(self) -> SweepResult:
         return SweepResult(self.thresholds.copy(), np.array([m.miou() for m in self.matrices]), self.matrices)
+
+
+def sweep_grid(fixed_tau: float | None = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple:
+    """The τ grid with ``fixed_tau`` added (sorted, duplicates removed), for a :class:`ThresholdSweep`."""
+    taus = {round(float(t), 10) for t in thresholds}
+    if fixed_tau is not None:
+        taus.add(round(float(fixed_tau), 10))
+    return tuple(sorted(taus))
+
+
+def sweep_summary(result: SweepResult, fixed_tau: float | None = None) -> dict:
+    """A τ sweep in the package's one shape, all mIoUs as fractions::
+
+        {"taus": [...], "mious": [...], "best_tau": τ*, "best_miou": mIoU(τ*),
+         "fixed_tau": τ0, "fixed_miou": mIoU(τ0), "iou_fixed": [IoU per class at τ0]}
+
+    ``best_tau`` is chosen on the ground truth (optimistic); ``fixed_tau`` (a τ of the sweep,
+    fixed in advance) gives the honest number. Without ``fixed_tau`` the last three keys are
+    ``None``."""
+    out = {"taus": [float(t) for t in result.thresholds], "mious": [float(v) for v in result.miou],
+           "best_tau": float(result.best_tau), "best_miou": float(result.best_miou),
+           "fixed_tau": None, "fixed_miou": None, "iou_fixed": None}
+    if fixed_tau is not None:
+        cm = result.at(fixed_tau)
+        out.update(fixed_tau=float(fixed_tau), fixed_miou=float(cm.miou()), iou_fixed=[float(v) for v in cm.iou()])
+    return out

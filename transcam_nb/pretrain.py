@@ -41,17 +41,17 @@ Outputs in ``--out``: ``pretrained.pt`` (fp16 state_dict under ``"model"``), ``m
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
-import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from .artifacts import write_json
+from .config import RUN_ONLY_FIELDS, PretrainConfig, get_settings
 
 __all__ = [
     "PretrainConfig",
@@ -66,61 +66,11 @@ __all__ = [
     "file_sha256",
     "weights_dir",
     "ship",
-    "add_arguments",
-    "run_cli",
     "HASHED_FIELDS_EXCLUDED",
 ]
 
-#: fields that do not change the weights a run produces (not hashed)
-HASHED_FIELDS_EXCLUDED = ("threads", "device", "max_minutes", "log_every", "save_every", "eval_scenes")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Everything that determines the pretrained weights (plus run-only knobs, not hashed)."""
-
-    profile: str = "tiny"
-    model: str = "transcam_tiny"
-    model_overrides: dict = field(default_factory=lambda: dict(embed_dim=96, num_heads=3, channel_ratio=0.5, depth=12))
-    # pretext (transcam_nb.data.pretext)
-    pretext: str = "texture-scenes"
-    pretext_version: int = 0  # filled from data.pretext.PRETEXT_VERSION by default_config
-    num_classes: int = 50
-    image_size: int = 128
-    part_prob: float = 0.5
-    min_fraction: float = 0.02
-    dense_weight: float = 1.0
-    # optimisation
-    steps: int = 1200
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_frac: float = 0.05
-    w_conv: float = 1.0
-    w_trans: float = 1.0
-    seed: int = 0
-    # run-only (not hashed)
-    threads: int | None = 1
-    device: str = "auto"
-    max_minutes: float | None = None
-    log_every: int = 20
-    save_every: int = 100
-    eval_scenes: int = 256
-
-    def replace(self, **changes) -> "PretrainConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"unknown pretrain config field(s) {sorted(unknown)}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def hashed(self) -> dict:
-        d = self.to_dict()
-        for k in HASHED_FIELDS_EXCLUDED:
-            d.pop(k, None)
-        return d
+#: fields that do not change the weights a run produces (not hashed): config.RUN_ONLY_FIELDS
+HASHED_FIELDS_EXCLUDED = tuple(f for f in PretrainConfig.field_names() if f in RUN_ONLY_FIELDS)
 
 
 def default_config(profile: str = "tiny", **overrides) -> PretrainConfig:
@@ -130,19 +80,14 @@ def default_config(profile: str = "tiny", **overrides) -> PretrainConfig:
     weights' manifest must match (tests/test_pretrain.py).
     """
     from .data.pretext import PRETEXT_VERSION
-    from .profiles import get_profile
 
-    prof = get_profile(profile)
-    overrides_model = {k: v for k, v in dict(prof.model_overrides).items() if k != "drop_path_rate"}
-    cfg = PretrainConfig(profile=prof.name, model=prof.model, model_overrides=overrides_model,
-                         pretext_version=PRETEXT_VERSION, threads=prof.threads or 1)
-    return cfg.replace(**overrides) if overrides else cfg
+    return get_settings(profile).pretrain.replace(pretext_version=PRETEXT_VERSION, **overrides)
 
 
 def config_hash(cfg: PretrainConfig) -> str:
-    """sha256 (16 hex) of the hashed fields (model, pretext + version, schedule, seed)."""
-    blob = json.dumps(cfg.hashed(), sort_keys=True, default=str, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    """sha256 (16 hex) of the hashed fields (model, pretext + version, schedule, seed): the
+    config's :meth:`~transcam_nb.config.Settings.fingerprint`."""
+    return cfg.fingerprint()
 
 
 # --------------------------------------------------------------------------------------
@@ -190,8 +135,8 @@ def _pretext_net(cfg: PretrainConfig):
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """The stage's learning rate at ``step``: :func:`transcam_nb.train.lr_at` with the cosine schedule."""
-    from .train import lr_at as _lr_at
+    """The stage's learning rate at ``step``: :func:`transcam_nb.engine.lr_at` with the cosine schedule."""
+    from .engine import lr_at as _lr_at
 
     return _lr_at(step, cfg.steps, cfg.lr, "cosine", cfg.warmup_frac)
 
@@ -205,7 +150,7 @@ def token_targets(cmap, num_classes: int, patch: int = 16):
 
 
 def make_loss(cfg: PretrainConfig, token_head, patch: int = 16, parts_box: dict | None = None):
-    """``loss_fn(output, target)`` for :func:`transcam_nb.train.train_loop`.
+    """``loss_fn(output, target)`` for :func:`transcam_nb.engine.train_loop`.
 
     ``output``: ``(ConformerOutput, patch tokens [B, hw, D])`` from the pretext network;
     ``target``: ``(labels [B, K], class map [B, S, S])``. Returns the scalar loss; the last
@@ -292,13 +237,6 @@ def pretext_metrics(model, cfg: PretrainConfig, n: int = 256, batch_size: int = 
     return out
 
 
-def _atomic_json(path: Path, obj) -> None:
-    from .artifacts import atomic_write
-
-    with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-
-
 def _atomic_torch(path: Path, obj) -> None:
     import torch
 
@@ -334,7 +272,7 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
              callback=None) -> dict:
     """Run (or resume) the pretraining described by ``cfg`` into ``out_dir``; return the manifest.
 
-    The optimisation runs in the project's generic loop (:func:`transcam_nb.train.train_loop`:
+    The optimisation runs in the project's generic loop (:func:`transcam_nb.engine.train_loop`:
     checkpoints, resume, logging, AMP and DDP where available) with the pretext network
     (backbone + token head), the pretext stream as data (``steps × batch_size`` distinct scenes,
     visited in a seeded random order) and :func:`make_loss`. A finished run (manifest with the
@@ -347,7 +285,7 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
 
     from .data.pretext import PRETEXT_VERSION, PretextStream
     from .device import get_device, seed_everything, set_threads
-    from .train import LoopConfig, train_loop
+    from .engine import LoopConfig, train_loop
 
     if cfg.pretext_version != PRETEXT_VERSION:
         raise ValueError(f"config pretext_version={cfg.pretext_version} but the generator is version "
@@ -428,7 +366,7 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
         "weights_dtype": "float16",
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _atomic_json(man_path, manifest)
+    write_json(man_path, manifest)
     print(f"[pretrain] done: {steps_done} steps, {wall / 60:.1f} min of training; {json.dumps(metrics)}",
           file=sys.stderr)
     return manifest
@@ -453,45 +391,5 @@ def ship(run_dir, profile: str = "tiny", dest: Path | None = None) -> tuple[Path
 
     with atomic_path(pt) as tmp:
         shutil.copyfile(src, tmp)
-    _atomic_json(js, {**man, "weights_file": pt.name})
+    write_json(js, {**man, "weights_file": pt.name})
     return pt, js
-
-
-# --------------------------------------------------------------------------------------
-# command line (registered as the ``pretrain`` stage in transcam_nb.cli)
-# --------------------------------------------------------------------------------------
-def add_arguments(p) -> None:
-    p.add_argument("--profile", default="tiny", help="whose model to pretrain (default tiny)")
-    p.add_argument("--out", required=True, help="output folder (resumable)")
-    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped config's)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--dense-weight", type=float, default=None,
-                   help="weight of the per-token texture loss (0 = multi-label only)")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--max-minutes", type=float, default=None, help="safety cap on wall time (recorded)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the profile's)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | auto")
-    p.add_argument("--ship", action="store_true",
-                   help="afterwards copy weights + manifest into transcam_nb/weights/<profile>_pretrained.{pt,json}")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def run_cli(args) -> int:
-    over = {}
-    for name, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("dense_weight", "dense_weight"),
-                      ("image_size", "image_size"), ("seed", "seed"), ("max_minutes", "max_minutes"),
-                      ("threads", "threads")):
-        v = getattr(args, name)
-        if v is not None:
-            over[key] = v
-    over["device"] = args.device
-    cfg = default_config(args.profile, **over)
-    command = "python -m transcam_nb " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if sys.argv and "pretrain" in sys.argv[1:2] else None
-    pretrain(cfg, args.out, command=command, progress=not args.no_progress)
-    if args.ship:
-        pt, js = ship(args.out, args.profile)
-        print(f"[pretrain] shipped {pt} and {js}", file=sys.stderr)
-    return 0

@@ -1,4 +1,4 @@
-"""The book's workflow: cached, resumable calls that chapters (and the pipeline CLI) share.
+"""The book's workflow: cached, resumable calls that chapters share (the book layer: nothing below imports it).
 
 A chapter starts with :func:`setup` (profile, device, seed, versions) and then asks for what it
 needs: :func:`classifier` trains the profile's classifier (or loads it when a finished run
@@ -19,19 +19,15 @@ Environment variables:
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from . import __version__
-from .artifacts import cached, config_hash
+from .artifacts import artifacts_dir, cached, config_hash
 from .cam import multiscale_variants  # noqa: F401 (re-exported; lives in cam.py)
+from .config import Profile, get_profile
 from .device import describe, get_device, seed_everything, set_threads
-from .profiles import Profile, get_profile
 from .refine import VARIANTS
 
 __all__ = ["setup", "artifacts_dir", "data_root", "classifier", "DEFAULT_VARIANTS", "multiscale_variants",
@@ -39,17 +35,6 @@ __all__ = ["setup", "artifacts_dir", "data_root", "classifier", "DEFAULT_VARIANT
 
 #: the refinement variants of the paper's Tables 2-3 plus rollout: name -> (method, blocks)
 DEFAULT_VARIANTS = VARIANTS  # the one table lives in refine.py
-
-
-def artifacts_dir() -> Path:
-    env = os.environ.get("TRANSCAM_ARTIFACTS")
-    if env:
-        p = Path(env)
-    else:
-        repo = Path(__file__).resolve().parents[1]
-        p = repo / "artifacts" if (repo / "_config.yml").is_file() else Path.home() / ".cache" / "transcam_nb" / "artifacts"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def setup(profile: str | Profile | None = None, *, verbose: bool = True, **overrides) -> Profile:
@@ -78,66 +63,23 @@ def setup(profile: str | Profile | None = None, *, verbose: bool = True, **overr
 
 def data_root(profile: Profile) -> Path:
     """The dataset folder of ``profile`` (the embedded benchmark is generated on first use)."""
-    from .train import resolve_data_root
+    from .data.roots import resolve_data_root
 
     return Path(resolve_data_root(profile, progress=False))
 
 
-def _data_spec(profile: Profile) -> dict:
-    if profile.data_root is None and profile.name == "tiny":
-        from .data import synthetic
-
-        return {"synthetic": synthetic.spec(seed=0), "generator": synthetic.GENERATOR_VERSION}
-    return {"data_root": str(profile.data_root)}
-
-
-def _init_spec(init) -> dict:
-    if init is None:
-        return {"init": None}
-    from .train import resolve_init_path
-
-    p = resolve_init_path(init)
-    st = p.stat()
-    return {"init": p.name, "init_size": st.st_size}
-
-
 def classifier(profile: Profile, *, init: str | None = "profile", progress: bool = True, **overrides):
-    """The trained classifier of ``profile``: ``(model, run_dir)``.
+    """The trained classifier of ``profile``: ``(model, run_dir)``, from the classifier cache
+    (:func:`transcam_nb.pipeline.classifier.cached_classifier`, shared with the pipeline).
 
     ``init="profile"`` starts from the profile's ``init_checkpoint`` (the tiny profile's shipped
     pretrained weights, or the official ImageNet file for the paper profile); ``init=None``
     trains from scratch; a path starts from that file. A finished run with the same
     configuration is loaded instead of retrained; an unfinished one is resumed.
     """
-    from .models import load_checkpoint
-    from .train import build_model_for_profile, train_classifier
+    from .pipeline.classifier import cached_classifier
 
-    prof = profile.replace(**overrides) if overrides else profile
-    init_arg = prof.init_checkpoint if init == "profile" else init
-    prof_run = prof.replace(init_checkpoint=init_arg)
-    keep = {k: v for k, v in prof_run.to_dict().items() if k not in ("device", "threads", "num_workers")}
-    spec = {"profile": keep, "data": _data_spec(prof_run), **_init_spec(init_arg), "version": __version__}
-    tag = "scratch" if init_arg is None else "init"
-    run_dir = artifacts_dir() / f"classifier-{prof.name}-{tag}-{config_hash(spec, 10)}"
-    done = run_dir / "DONE.json"
-    if not done.is_file():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "spec.json").write_text(json.dumps(spec, indent=2, default=str))
-        t0 = time.time()
-        summary = train_classifier(prof_run, run_dir, resume=True, init=init_arg, progress=progress)
-        summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
-        summary["wall_s_this_call"] = time.time() - t0
-        tmp = done.with_suffix(".tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        os.replace(tmp, done)
-    else:
-        print(f"[cached] classifier {run_dir.name}")
-    model = build_model_for_profile(prof_run, init=None)
-    weights = next((run_dir / n for n in ("classifier.pt", "final.pt", "last.pt") if (run_dir / n).is_file()),
-                   run_dir / "classifier.pt")
-    load_checkpoint(model, weights)
-    model.eval()
-    return model.to(get_device(prof.device)), run_dir
+    return cached_classifier(profile, init=init, progress=progress, **overrides)
 
 
 def eval_dataset(profile: Profile, split: str | None = None):
@@ -159,13 +101,11 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
     """
     from tqdm.auto import tqdm
 
-    from .metrics import ThresholdSweep
+    from .metrics import DEFAULT_THRESHOLDS, ThresholdSweep, sweep_grid, sweep_summary
 
     variants = variants or DEFAULT_VARIANTS
-    taus = tuple(float(t) for t in (taus if taus is not None else np.round(np.arange(0.0, 0.91, 0.01), 2)))
     fixed = float(profile.bg_threshold if fixed_tau is None else fixed_tau)
-    if fixed not in taus:
-        taus = tuple(sorted(set(taus) | {fixed}))
+    taus = sweep_grid(fixed, DEFAULT_THRESHOLDS if taus is None else taus)
 
     def compute():
         ds = eval_dataset(profile, split)
@@ -180,13 +120,7 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
                 sweeps[name].update(cams, classes, item.mask)
         out = {"num_images": n, "class_names": list(ds.class_names), "variants": {}}
         for name, sw in sweeps.items():
-            r = sw.result()
-            mious = [float(v) for v in r.miou]
-            j = taus.index(fixed)
-            out["variants"][name] = {
-                "taus": list(taus), "mious": mious, "best_tau": float(r.best_tau), "best_miou": float(r.best_miou),
-                "fixed_tau": fixed, "fixed_miou": mious[j], "iou_fixed": [float(v) for v in r.at(fixed).iou()],
-            }
+            out["variants"][name] = sweep_summary(sw.result(), fixed)
         return out
 
     if cache_key is None:
@@ -199,7 +133,7 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
 
 
 def variants_table(result: dict):
-    """The sweep result as a pandas DataFrame (percent), one row per variant."""
+    """The sweep result as a pandas DataFrame (percent, for display), one row per variant."""
     import pandas as pd
 
     rows = []

@@ -262,7 +262,7 @@ class PretextStream:
 
     ``stream[i]`` → ``(image float32 [3, S, S] ImageNet-normalised, (label float32 [K],
     class map int64 [S, S]))``: an ``(input, target)`` pair, as the training loop
-    (:func:`transcam_nb.train.train_loop`) expects. Scene ``i`` is :func:`render_scene` ``(seed, i, ...)``;
+    (:func:`transcam_nb.engine.train_loop`) expects. Scene ``i`` is :func:`render_scene` ``(seed, i, ...)``;
     a random horizontal flip (drawn from the same generator) is applied to image and map.
     ``len(stream)`` is ``length`` (default: 10**9, effectively endless: a step-based schedule
     reads scenes ``step·B … step·B + B - 1``).

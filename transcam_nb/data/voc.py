@@ -92,12 +92,9 @@ __all__ = [
     "collate_list",
 ]
 
-#: The 20 PASCAL VOC foreground classes, in the order of the label vector (REFERENCE.md §6).
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
+#: The 20 PASCAL VOC foreground classes, in the order of the label vector: the one list,
+#: :data:`transcam_nb.config.VOC_CLASSES`.
+from ..config import VOC_CLASSES  # noqa: E402
 
 #: Mask value for "void"/ignored pixels (VOC's boundary band).
 IGNORE_INDEX = 255

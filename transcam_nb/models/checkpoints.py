@@ -7,6 +7,12 @@ Accepted files (all read with ``torch.load(..., weights_only=True)``: data, neve
 * the authors' released TransCAM classifier (their ``Net_sm`` layout, 21 classes);
 * our own training checkpoints (a dict with ``"model"`` plus optimizer state etc.).
 
+This module is the package's one reader of checkpoint files: :func:`read_checkpoint` (the whole
+dict: training checkpoints of :mod:`transcam_nb.engine`, DeepLab and AffinityNet files) and
+:func:`read_state_dict` (name → tensor, also from ``.safetensors``) are what every other module
+calls; both raise :class:`CheckpointError` (and :class:`CheckpointNotFoundError`, also a
+``FileNotFoundError``, for a missing file).
+
 Key prefixes added by wrappers (``module.`` from DataParallel/DDP, ``_orig_mod.`` from
 ``torch.compile``) are removed. When the classification heads do not fit the model (another
 number of classes, or the official Linear head against TransCAM's 3×3 conv head) they are
@@ -24,7 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "read_state_dict", "load_checkpoint", "HEAD_KEYS"]
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "read_checkpoint", "read_state_dict", "load_checkpoint",
+           "HEAD_KEYS"]
 
 HEAD_KEYS = ("conv_cls_head.weight", "conv_cls_head.bias", "trans_cls_head.weight", "trans_cls_head.bias")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -34,33 +41,59 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read or does not fit the model."""
 
 
-def read_state_dict(path: str | os.PathLike, *, key: str | None = None) -> dict[str, torch.Tensor]:
-    """Read a state_dict from ``path`` (safely) and normalise its key names.
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file does not exist."""
 
-    ``key`` selects an entry of a dict checkpoint; by default ``"model"``, ``"state_dict"`` or
-    ``"model_state"`` is used when present, else the dict itself.
-    """
+
+def read_checkpoint(path: str | os.PathLike, *, what: str = "checkpoint", format: str | None = None) -> dict:
+    """The dict stored in ``path``, read safely (``torch.load(weights_only=True)``, or the
+    safetensors package for ``.safetensors``). ``what`` names the file in messages; ``format``,
+    when given, must equal the file's ``"format"`` entry (our training checkpoints carry one)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CheckpointError(
-            f"could not read checkpoint {str(path)!r}: it is truncated, corrupt or not a PyTorch "
-            f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
-    except Exception as e:  # weights_only refuses arbitrary objects
-        raise CheckpointError(f"could not read checkpoint {str(path)!r} as plain tensors "
-                              f"(weights_only=True): {type(e).__name__}: {e}") from e
+        raise CheckpointNotFoundError(f"{what} file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise CheckpointError(f"{str(path)!r} is a .safetensors file; `pip install safetensors` to read it") from e
+        try:
+            obj = load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"could not read {what} {str(path)!r} as safetensors: {e}") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+            raise CheckpointError(
+                f"could not read {what} {str(path)!r}: it is truncated, corrupt or not a PyTorch "
+                f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        except Exception as e:  # weights_only refuses arbitrary objects
+            raise CheckpointError(f"could not read {what} {str(path)!r} as plain tensors "
+                                  f"(weights_only=True): {type(e).__name__}: {e}") from e
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, expected a dict (a state_dict "
+        raise CheckpointError(f"{what} {str(path)!r} holds a {type(obj).__name__}, expected a dict (a state_dict "
                               "or a dict with a 'model' entry)")
+    if format is not None and obj.get("format") != format:
+        raise CheckpointError(f"{str(path)!r} is not a transcam_nb {what} (format {format!r}, found "
+                              f"{obj.get('format')!r})")
+    return obj
+
+
+def read_state_dict(path: str | os.PathLike, *, key: str | None = None,
+                    what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Read a state_dict from ``path`` (safely, :func:`read_checkpoint`) and normalise its key names.
+
+    ``key`` selects an entry of a dict checkpoint; by default ``"model"``, ``"state_dict"``,
+    ``"model_state"`` or ``"state_dict_ema"`` is used when present, else the dict itself.
+    """
+    obj = read_checkpoint(path, what=what)
     if key is not None:
         if key not in obj:
             raise CheckpointError(f"checkpoint {str(path)!r} has no entry {key!r}; entries: {sorted(obj)[:20]}")
         obj = obj[key]
     else:
-        for k in ("model", "state_dict", "model_state"):
+        for k in ("model", "state_dict", "model_state", "state_dict_ema"):
             if k in obj and isinstance(obj[k], dict):
                 obj = obj[k]
                 break

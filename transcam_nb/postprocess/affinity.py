@@ -1,4 +1,4 @@
-"""PSA: AffinityNet and the random walk (REFERENCE.md §7.1–7.2; Ahn & Kwak, CVPR 2018).
+"""PSA's AffinityNet (REFERENCE.md §7.1; Ahn & Kwak, CVPR 2018): affinity labels, pairs, loss, network.
 
 TransCAM's seeds are refined, as in PSA/SEAM, by learning *pixel affinities* from the CAM
 pseudo labels and then diffusing the CAM scores with a random walk over those affinities.
@@ -22,15 +22,18 @@ Pieces, in pipeline order:
    without bias to 64 / 128 / 256 channels + ELU → concat (448) → 1×1 conv 448→448 + ELU. The
    affinity of two positions is ``exp(-mean_c |f_i - f_j|)``. Backbones: any timm model with
    ``features_only`` and ``output_stride=8`` (default ResNet-50), or the authors' wide
-   ResNet-38d (``backbone="resnet38"``). BatchNorm is frozen, the earliest layers too.
+   ResNet-38d (``backbone="resnet38"``, :mod:`.resnet38d`). BatchNorm is frozen, the earliest
+   layers too.
 4. **Loss** (:func:`affinity_loss`): ``bg/4 + fg/4 + neg/2`` with ``-log(aff + 1e-5)`` on the
    positive pairs and ``-log(1 + 1e-5 - aff)`` on the negative ones.
-5. **Training** (:func:`train_affinity`, :class:`AffinityConfig`, :data:`AFFINITY_PRESETS`):
+5. **Training** (:mod:`.affinity_train`: :func:`train_affinity`, :class:`AffinityConfig`,
+   :data:`AFFINITY_PRESETS`):
    poly-lr SGD, the reference's parameter groups and augmentation. *Quirk*: the authors'
    ``PolyOptimizer`` takes ``momentum=0.9`` but uses it only as the poly power and never passes
    it to SGD, so the reference trains **without momentum**. The ``paper`` preset reproduces this
    (``momentum=0.0``, ``poly_power=0.9``); set ``momentum=0.9`` to get what the code seems to mean.
-6. **Random walk** (:func:`dense_affinity`, :func:`transition_matrix`, :func:`random_walk`):
+6. **Random walk** (:func:`dense_affinity` here; ``transition_matrix`` and ``random_walk`` in
+   :mod:`.random_walk`):
    ``T = colnorm(A^β)``, ``T ← T·T`` ``logt`` times (t = 2^logt = 128 steps), the
    (C+1)-channel CAM (channel 0 = constant 0.42) average-pooled to 1/8 is multiplied by ``T``,
    upsampled and arg-maxed (REFERENCE.md §7.2 steps 1–8; step 9, the CRF, is optional here).
@@ -40,12 +43,8 @@ choose; no CUDA device is hard-coded.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -53,14 +52,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..artifacts import atomic_path
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, color_jitter, normalize, random_crop
-from ..data.voc import load_rgb
-from ..pseudo import load_label_png
+from .resnet38d import ResNet38d
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "affinity_labels",
     "pair_offsets",
     "pair_indices",
@@ -68,17 +62,8 @@ __all__ = [
     "pair_affinity",
     "dense_affinity",
     "affinity_loss",
-    "ResNet38d",
     "AffinityNet",
-    "AffinityConfig",
-    "AFFINITY_PRESETS",
-    "get_affinity_preset",
-    "AffinityDataset",
-    "train_affinity",
     "load_affinity_checkpoint",
-    "transition_matrix",
-    "random_walk",
-    "prepare_image",
 ]
 
 IGNORE = 255
@@ -283,126 +268,12 @@ def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
     return total, {"bg": bg.detach(), "fg": fg.detach(), "neg": ng.detach()}
 
 
-# =============================================================================================
-# 5. networks
-# =============================================================================================
-class _Block(nn.Module):
-    """Pre-activation residual block of ResNet-38d: BN-ReLU → 3×3 → BN-ReLU → 3×3 (+ shortcut,
-    a 1×1 conv on the BN-ReLU'd input when the shape changes). Parameter names follow the
-    converted MXNet weights used by PSA/SEAM (``bn_branch2a``, ``conv_branch2a``, ...)."""
-
-    def __init__(self, cin, cmid, cout, stride=1, first_dilation=None, dilation=1):
-        super().__init__()
-        fd = dilation if first_dilation is None else first_dilation
-        self.same_shape = cin == cout and stride == 1
-        self.bn_branch2a = nn.BatchNorm2d(cin)
-        self.conv_branch2a = nn.Conv2d(cin, cmid, 3, stride, padding=fd, dilation=fd, bias=False)
-        self.bn_branch2b1 = nn.BatchNorm2d(cmid)
-        self.conv_branch2b1 = nn.Conv2d(cmid, cout, 3, padding=dilation, dilation=dilation, bias=False)
-        if not self.same_shape:
-            self.conv_branch1 = nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x):
-        pre = F.relu(self.bn_branch2a(x))
-        short = x if self.same_shape else self.conv_branch1(pre)
-        y = self.conv_branch2a(pre)
-        y = self.conv_branch2b1(F.relu(self.bn_branch2b1(y)))
-        return short + y, pre
-
-
-class _Bottleneck(nn.Module):
-    """Pre-activation bottleneck of ResNet-38d (b6, b7): 1×1 → 3×3 (dilated) → 1×1 with
-    channel widths out/4, out/2, out and Dropout2d before the last two convs."""
-
-    def __init__(self, cin, cout, stride=1, dilation=1, dropout=0.0):
-        super().__init__()
-        self.same_shape = cin == cout and stride == 1
-        self.bn_branch2a = nn.BatchNorm2d(cin)
-        self.conv_branch2a = nn.Conv2d(cin, cout // 4, 1, stride, bias=False)
-        self.bn_branch2b1 = nn.BatchNorm2d(cout // 4)
-        self.dropout_2b1 = nn.Dropout2d(dropout)
-        self.conv_branch2b1 = nn.Conv2d(cout // 4, cout // 2, 3, padding=dilation, dilation=dilation, bias=False)
-        self.bn_branch2b2 = nn.BatchNorm2d(cout // 2)
-        self.dropout_2b2 = nn.Dropout2d(dropout)
-        self.conv_branch2b2 = nn.Conv2d(cout // 2, cout, 1, bias=False)
-        if not self.same_shape:
-            self.conv_branch1 = nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x):
-        pre = F.relu(self.bn_branch2a(x))
-        short = x if self.same_shape else self.conv_branch1(pre)
-        y = self.conv_branch2a(pre)
-        y = self.conv_branch2b1(self.dropout_2b1(F.relu(self.bn_branch2b1(y))))
-        y = self.conv_branch2b2(self.dropout_2b2(F.relu(self.bn_branch2b2(y))))
-        return short + y, pre
-
-
-class ResNet38d(nn.Module):
-    """The wide ResNet-38 ("resnet38d", Wu et al. 2019) of PSA / SEAM / TransCAM's PSA step.
-
-    Output stride 8: conv1a (3×3, 64, stride 1) → b2 (128, /2) ×3 → b3 (256, /4) ×3 → b4 (512,
-    /8) ×6 → b5 (1024, dilation 2) ×3 → b6 (bottleneck 2048, dilation 4, dropout 0.3) → b7
-    (bottleneck 4096, dilation 4, dropout 0.5) → bn7 + ReLU (REFERENCE.md §7.1).
-
-    ``forward`` returns the three feature maps AffinityNet uses: "conv4" (the BN-ReLU'd input
-    of b5, 512 ch), "conv5" (the BN-ReLU'd input of b6, 1024 ch) and "conv6" (the final
-    features after bn7 + ReLU, 4096 ch), all at 1/8 of the input. ``channels`` lists them.
-    ImageNet weights come as MXNet ``.params`` that must be converted to a torch state dict
-    first (the authors' converter needs mxnet); :class:`AffinityNet` loads such a file.
-    """
-
-    channels = (512, 1024, 4096)
-    frozen_prefixes = ("conv1a", "b2.", "b2_1.", "b2_2.")  # no gradient in the reference
-
-    def __init__(self):
-        super().__init__()
-        self.conv1a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
-        self.b2 = _Block(64, 128, 128, stride=2)
-        self.b2_1 = _Block(128, 128, 128)
-        self.b2_2 = _Block(128, 128, 128)
-        self.b3 = _Block(128, 256, 256, stride=2)
-        self.b3_1 = _Block(256, 256, 256)
-        self.b3_2 = _Block(256, 256, 256)
-        self.b4 = _Block(256, 512, 512, stride=2)
-        for i in range(1, 6):
-            setattr(self, f"b4_{i}", _Block(512, 512, 512))
-        self.b5 = _Block(512, 512, 1024, first_dilation=1, dilation=2)
-        self.b5_1 = _Block(1024, 512, 1024, dilation=2)
-        self.b5_2 = _Block(1024, 512, 1024, dilation=2)
-        self.b6 = _Bottleneck(1024, 2048, dilation=4, dropout=0.3)
-        self.b7 = _Bottleneck(2048, 4096, dilation=4, dropout=0.5)
-        self.bn7 = nn.BatchNorm2d(4096)
-
-    def forward(self, x):
-        x = self.conv1a(x)
-        for name in ("b2", "b2_1", "b2_2", "b3", "b3_1", "b3_2", "b4", "b4_1", "b4_2", "b4_3", "b4_4", "b4_5"):
-            x, _ = getattr(self, name)(x)
-        x, conv4 = self.b5(x)
-        x, _ = self.b5_1(x)
-        x, _ = self.b5_2(x)
-        x, conv5 = self.b6(x)
-        x, _ = self.b7(x)
-        conv6 = F.relu(self.bn7(x))
-        return [conv4, conv5, conv6]
-
-
 def _read_state_dict(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights {path} do not exist (pretrained_path expects a torch state-dict file)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"could not read {path} as a torch state dict with weights_only=True "
-            f"(MXNet .params files must be converted to a torch state dict first): {exc}"
-        ) from exc
-    for key in ("state_dict", "model", "model_state"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+    """The backbone weights file as a state dict (:func:`transcam_nb.models.read_state_dict`;
+    MXNet ``.params`` files must be converted to a torch state dict first)."""
+    from ..models.checkpoints import read_state_dict
+
+    return read_state_dict(path, what="backbone weights")
 
 
 class AffinityNet(nn.Module):
@@ -447,6 +318,7 @@ class AffinityNet(nn.Module):
         self.backbone_name = backbone
         self.stride = int(output_stride)
         self.freeze_bn = freeze_bn
+        self.pretrained_path = None  # set by load_backbone: where the backbone's weights came from
         if backbone == "resnet38":
             if self.stride != 8:
                 raise ValueError(f"resnet38 has output stride 8, got output_stride={output_stride}")
@@ -509,6 +381,7 @@ class AffinityNet(nn.Module):
         """Load ImageNet weights for the backbone from a torch state-dict file (strict=False).
         Returns (missing, unexpected) keys; raises when no key matches."""
         sd = _read_state_dict(path)
+        self.pretrained_path = str(path)
         own = self.backbone.state_dict()
         usable = {k: v for k, v in sd.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
         if not usable:
@@ -577,476 +450,12 @@ class AffinityNet(nn.Module):
         return out
 
 
-# =============================================================================================
-# 6. training
-# =============================================================================================
-@dataclass(frozen=True)
-class AffinityConfig:
-    """AffinityNet training settings. ``paper`` = the reference's ``train_aff.py`` (REFERENCE.md §7.1).
-
-    ``momentum`` defaults to 0.0 in ``paper``: the reference's ``PolyOptimizer`` receives
-    ``momentum=0.9`` but only uses it as the poly power; SGD itself runs without momentum.
-    """
-
-    name: str = "paper"
-    backbone: str = "resnet50"  # the reference uses "resnet38" (needs converted MXNet weights)
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    momentum: float = 0.0  # reference quirk: 0.9 is only the poly power
-    poly_power: float = 0.9
-    batch_size: int = 8
-    epochs: int = 8
-    crop_size: int = 448
-    radius: int = 5
-    color_jitter: tuple = (0.3, 0.3, 0.3, 0.1)  # brightness, contrast, saturation, hue
-    flip: bool = True
-    num_workers: int = 8
-    save_every: int = 500  # steps between resumable checkpoints (and one at the end)
-    seed: int = 0
-    device: str = "auto"
-    # random walk (infer_aff.py defaults)
-    beta: float = 14.0
-    logt: int = 7
-    bg: float = 0.42
-
-    def replace(self, **changes) -> "AffinityConfig":
-        fields = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - fields
-        if unknown:
-            raise TypeError(f"unknown AffinityConfig field(s) {sorted(unknown)}; known: {sorted(fields)}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-AFFINITY_PRESETS: dict[str, AffinityConfig] = {
-    "paper": AffinityConfig(),
-    "tiny": AffinityConfig(
-        name="tiny", backbone="resnet18", lr=0.01, batch_size=4, epochs=2, crop_size=128, num_workers=0, save_every=50
-    ),
-}
-
-
-def get_affinity_preset(name: str = "paper", **overrides) -> AffinityConfig:
-    """A preset from :data:`AFFINITY_PRESETS` with field overrides."""
-    if name not in AFFINITY_PRESETS:
-        raise ValueError(f"unknown affinity preset {name!r}; choose one of {sorted(AFFINITY_PRESETS)}")
-    cfg = AFFINITY_PRESETS[name]
-    return cfg.replace(**overrides) if overrides else cfg
-
-
-def _load_rgb(x, what: str) -> "np.ndarray":
-    """A path (read by :func:`transcam_nb.data.voc.load_rgb`) or a uint8 (H, W, 3) array."""
-    if isinstance(x, (str, os.PathLike)):
-        p = Path(x)
-        if not p.is_file():
-            raise FileNotFoundError(f"{what} {p} does not exist")
-        return np.array(load_rgb(p))
-    a = np.asarray(x)
-    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"{what} must be a path or a uint8 (H, W, 3) array, got {a.dtype} {a.shape}")
-    return a
-
-
-def _load_label(x, what: str) -> "np.ndarray":
-    """A path (an 8-bit L/P PNG, read by :func:`transcam_nb.pseudo.load_label_png`) or an
-    integer (H, W) array."""
-    if isinstance(x, (str, os.PathLike)):
-        p = Path(x)
-        if not p.is_file():
-            raise FileNotFoundError(f"{what} {p} does not exist")
-        try:
-            return load_label_png(p)
-        except ValueError as e:
-            raise ValueError(f"{what}: {e}") from None
-    a = np.asarray(x)
-    if a.ndim != 2 or not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"{what} must be a path or an integer (H, W) array, got {a.dtype} {a.shape}")
-    return a.astype(np.uint8)
-
-
-class AffinityDataset(torch.utils.data.Dataset):
-    """Training items for AffinityNet (REFERENCE.md §7.1 augmentation).
-
-    ``items``: a sequence of ``(image, la, ha)``, each a path or an array (uint8 H×W×3 RGB;
-    uint8 H×W label maps, e.g. the PNGs written from :func:`make_la_ha_labels`). Per item:
-    colour jitter (0.3, 0.3, 0.3, 0.1) on the image → a joint random crop ``crop_size`` of image
-    and both label maps, zero-padded when the image is smaller → joint horizontal flip →
-    ImageNet normalisation → labels downscaled ×1/8 by nearest neighbour (every 8th pixel) →
-    :func:`affinity_labels`. There is no random rescaling (as the reference). Padding is
-    background in both maps, so padded areas become background pairs (reference behaviour).
-
-    Returns ``(image float32 [3, crop, crop], label uint8 [crop/8, crop/8])``. The randomness
-    of item ``i`` in epoch ``e`` comes from ``np.random.default_rng([seed, e, i])`` (call
-    :meth:`set_epoch`), so it does not depend on DataLoader workers and resumes exactly.
-    """
-
-    def __init__(
-        self,
-        items: Sequence[tuple],
-        crop_size: int = 448,
-        color_jitter: tuple | None = (0.3, 0.3, 0.3, 0.1),
-        flip: bool = True,
-        seed: int = 0,
-        label_stride: int = 8,
-    ):
-        if crop_size % label_stride:
-            raise ValueError(f"crop_size must be a multiple of {label_stride}, got {crop_size}")
-        self.items = list(items)
-        for i, it in enumerate(self.items):
-            if len(it) != 3:
-                raise ValueError(f"item {i} must be (image, la, ha), got {len(it)} entries")
-        self.crop_size = int(crop_size)
-        self.color_jitter = tuple(color_jitter) if color_jitter else None
-        self.flip = flip
-        self.seed = int(seed)
-        self.label_stride = int(label_stride)
-        self.epoch = 0
-
-    @classmethod
-    def from_folders(cls, image_dir, la_dir, ha_dir, ids: Sequence[str] | None = None, image_ext: str = ".jpg", **kw):
-        """Items ``<image_dir>/<id><image_ext>``, ``<la_dir>/<id>.png``, ``<ha_dir>/<id>.png``
-        (the authors' ``out_crf_0.60`` / ``out_crf_0.25`` layout); ``ids`` default: all PNGs of la_dir."""
-        image_dir, la_dir, ha_dir = Path(image_dir), Path(la_dir), Path(ha_dir)
-        for d in (image_dir, la_dir, ha_dir):
-            if not d.is_dir():
-                raise FileNotFoundError(f"folder {d} does not exist")
-        if ids is None:
-            ids = sorted(p.stem for p in la_dir.glob("*.png"))
-        if not ids:
-            raise ValueError(f"no label PNGs found in {la_dir}")
-        items = [(image_dir / f"{i}{image_ext}", la_dir / f"{i}.png", ha_dir / f"{i}.png") for i in ids]
-        return cls(items, **kw)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int):
-        img_src, la_src, ha_src = self.items[index]
-        img = _load_rgb(img_src, f"image of item {index}")
-        la = _load_label(la_src, f"la label of item {index}")
-        ha = _load_label(ha_src, f"ha label of item {index}")
-        if la.shape != img.shape[:2] or ha.shape != img.shape[:2]:
-            raise ValueError(
-                f"item {index}: image {img.shape[:2]}, la {la.shape} and ha {ha.shape} must have the same size"
-            )
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        if self.color_jitter:  # torchvision's ColorJitter(b, c, s, h), draws from rng
-            from PIL import Image
-
-            img = np.asarray(color_jitter(Image.fromarray(img), rng, *self.color_jitter))
-        # joint random crop, zero padded (PSA RandomCrop semantics)
-        stack = np.concatenate([img, la[..., None], ha[..., None]], axis=-1)
-        (out,) = random_crop([stack], [0], self.crop_size, rng)
-        if self.flip and rng.random() < 0.5:
-            out = out[:, ::-1]
-        x = normalize(out[..., :3])  # [3, crop, crop] float32
-        s = self.label_stride
-        lab = affinity_labels(out[::s, ::s, 3], out[::s, ::s, 4])
-        return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(lab))
-
-
 def load_affinity_checkpoint(model: AffinityNet, path, map_location="cpu") -> dict:
     """Load weights written by :func:`train_affinity` (the resumable ``affinity_last.pt`` or
     the final ``affinity_net.pt``) into ``model``; returns the file's dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"affinity checkpoint {path} does not exist")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
-    sd = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
+    from ..models.checkpoints import read_checkpoint
+
+    obj = read_checkpoint(path, what="affinity checkpoint")
+    sd = obj["model"] if "model" in obj and isinstance(obj["model"], dict) else obj
     model.load_state_dict(sd)
     return obj
-
-
-def train_affinity(
-    model: AffinityNet,
-    dataset: torch.utils.data.Dataset,
-    cfg: AffinityConfig | str = "paper",
-    out_dir: str | os.PathLike = "runs/affinity",
-    device: str | torch.device | None = None,
-    resume: bool = True,
-    stop_after: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Train AffinityNet as ``train_aff.py`` (REFERENCE.md §7.1).
-
-    Poly learning rate ``lr · mult · (1 - step/max_step)^poly_power`` with SGD (``momentum``
-    from the config: 0.0 in ``paper``, the reference quirk), parameter groups of
-    :meth:`AffinityNet.param_groups`, ``max_step = len(dataset) // batch_size · epochs``
-    (drop_last), the loss of :func:`affinity_loss` on the pairs within ``cfg.radius``.
-    ``dataset`` yields ``(image [3, S, S], affinity label [S/8, S/8])`` (e.g.
-    :class:`AffinityDataset`); it is shuffled with a generator seeded by ``(seed, epoch)``.
-
-    Writes ``out_dir/affinity_last.pt`` (resumable: model, optimizer, step, history, RNG state)
-    every ``cfg.save_every`` steps and at the end, and ``out_dir/affinity_net.pt`` (weights
-    only) when training is complete; both atomically. With ``resume=True`` an existing
-    ``affinity_last.pt`` is continued. ``stop_after`` ends this call after that many steps
-    (for time-limited sessions; a later call resumes). Returns ``{"step", "max_step",
-    "history", "last", "final"}`` (``final`` is None until training is complete).
-    """
-    from tqdm.auto import tqdm
-
-    from ..device import get_device
-
-    if isinstance(cfg, str):
-        cfg = get_affinity_preset(cfg)
-    device = get_device(device if device is not None else (None if cfg.device == "auto" else cfg.device))
-    out_dir = Path(out_dir)
-    last_path, final_path = out_dir / "affinity_last.pt", out_dir / "affinity_net.pt"
-    n = len(dataset)
-    spe = n // cfg.batch_size
-    if spe < 1:
-        raise ValueError(f"the dataset has {n} items, fewer than one batch of {cfg.batch_size}")
-    ds_stride = getattr(dataset, "label_stride", None)
-    if ds_stride is not None and ds_stride != model.stride:
-        raise ValueError(f"dataset labels are at 1/{ds_stride} but the model's output stride is {model.stride}")
-    max_step = spe * cfg.epochs
-
-    model.to(device)
-    groups = model.param_groups(cfg.lr, cfg.weight_decay)
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    step, history = 0, []
-    if resume and last_path.is_file():
-        ck = torch.load(last_path, map_location="cpu", weights_only=True)
-        if int(ck.get("max_step", max_step)) != max_step:
-            raise ValueError(
-                f"{last_path} was written for {ck.get('max_step')} steps but this run has {max_step} "
-                "(different dataset size, batch size or epochs): use another out_dir or resume=False"
-            )
-        old_cfg = ck.get("config") or {}
-        changed = sorted(k for k, v in cfg.to_dict().items() if k in old_cfg and old_cfg[k] != v and k != "device")
-        if changed:
-            warnings.warn(f"resuming {last_path} with changed settings {changed}", stacklevel=2)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        step, history = int(ck["step"]), list(ck["history"])
-        torch.set_rng_state(ck["rng_cpu"])
-        if device.type == "cuda" and ck.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ck["rng_cuda"], device)
-    else:
-        torch.manual_seed(cfg.seed)
-
-    def save_last():
-        state = dict(
-            model=model.state_dict(),
-            optimizer=opt.state_dict(),
-            step=step,
-            max_step=max_step,
-            history=history,
-            config=cfg.to_dict(),
-            rng_cpu=torch.get_rng_state(),
-            rng_cuda=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        )
-        with atomic_path(last_path) as tmp:
-            torch.save(state, tmp)
-
-    model.train()
-    done_here = 0
-    bar = tqdm(total=max_step, initial=step, desc="AffinityNet", disable=not progress)
-    try:
-        while step < max_step and (stop_after is None or done_here < stop_after):
-            epoch, skip = divmod(step, spe)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=g)[: spe * cfg.batch_size].view(spe, cfg.batch_size).tolist()
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=order[skip:], num_workers=cfg.num_workers, pin_memory=device.type == "cuda"
-            )
-            for img, lab in loader:
-                if step >= max_step or (stop_after is not None and done_here >= stop_after):
-                    break
-                scale = (1 - step / max_step) ** cfg.poly_power
-                for gr in opt.param_groups:
-                    gr["lr"] = cfg.lr * gr["lr_mult"] * scale
-                img = img.to(device, non_blocking=True)
-                lab = lab.to(device, non_blocking=True)
-                aff = model.pair_affinity(img, cfg.radius)
-                bg, fg, neg = extract_pair_labels(lab, cfg.radius)
-                loss, parts = affinity_loss(aff, bg, fg, neg)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"affinity loss is {loss.item()} at step {step}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                done_here += 1
-                rec = {"step": step, "loss": loss.item(), **{k: float(v) for k, v in parts.items()}, "lr": cfg.lr * scale}
-                history.append(rec)
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                if cfg.save_every and step % cfg.save_every == 0 and step < max_step:
-                    save_last()
-    finally:
-        bar.close()
-    save_last()
-    final = None
-    if step >= max_step:
-        with atomic_path(final_path) as tmp:
-            torch.save(model.state_dict(), tmp)
-        final = final_path
-    return {"step": step, "max_step": max_step, "history": history, "last": last_path, "final": final}
-
-
-# =============================================================================================
-# 7. random walk
-# =============================================================================================
-@contextlib.contextmanager
-def _flush_denormals(enabled: bool):
-    """Treat subnormal floats as 0 on CPU while inside (restored to torch's default, off, after).
-
-    ``A^14`` holds values like 1e-20 whose products are subnormal; CPU matmuls slow down ~20×
-    on them. Flushing changes entries below ~1e-38 only, far below any probability that can
-    decide an argmax (GPUs run subnormals at full speed, so this is CPU only)."""
-    if not enabled or not torch.set_flush_denormal(True):
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
-def transition_matrix(aff_dense: torch.Tensor, beta: float = 14, logt: int = 7) -> torch.Tensor:
-    """Random-walk transition matrix (REFERENCE.md §7.2 steps 3–5).
-
-    ``A^β`` (element-wise; larger β sharpens), divided by its column sums (so every column
-    sums to 1: column-stochastic), then squared ``logt`` times, giving ``T^(2^logt)``
-    (t = 128 steps for logt = 7). On CPU the squarings flush subnormal floats to zero (see
-    :func:`_flush_denormals`; ~20× faster, differences below 1e-30).
-    """
-    if aff_dense.dim() != 2 or aff_dense.shape[0] != aff_dense.shape[1]:
-        raise ValueError(f"aff_dense must be a square [n, n] matrix, got {tuple(aff_dense.shape)}")
-    if int(logt) != logt or logt < 0:
-        raise ValueError(f"logt must be a non-negative integer, got {logt}")
-    a = torch.pow(aff_dense, beta)
-    colsum = a.sum(dim=0, keepdim=True)
-    if bool((colsum <= 0).any()):
-        raise ValueError("aff_dense has a column with no positive affinity (the diagonal should be 1)")
-    t = a / colsum
-    with _flush_denormals(t.device.type == "cpu"):
-        for _ in range(int(logt)):
-            t = t @ t
-    return t
-
-
-def prepare_image(image, stride: int = 8, device=None) -> torch.Tensor:
-    """uint8 (H, W, 3) RGB → ImageNet-normalised [1, 3, H', W'] zero-padded at the right/bottom
-    to multiples of ``stride`` (REFERENCE.md §7.2 step 1; the padding is 0 after normalisation)."""
-    a = np.asarray(image)
-    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {a.dtype} {a.shape}")
-    x = torch.from_numpy(normalize(a))
-    h, w = a.shape[:2]
-    ph, pw = -h % stride, -w % stride
-    x = F.pad(x, (0, pw, 0, ph))
-    return x.unsqueeze(0).to(device) if device is not None else x.unsqueeze(0)
-
-
-def random_walk(
-    cams,
-    classes: Sequence[int],
-    affinity: torch.Tensor | AffinityNet,
-    image=None,
-    *,
-    num_classes: int = 20,
-    bg: float = 0.42,
-    beta: float = 14,
-    logt: int = 7,
-    radius: int = 5,
-    stride: int = 8,
-    crf: bool = False,
-    crf_preset="label",
-    device=None,
-    return_scores: bool = False,
-):
-    """PSA random walk of normalised CAMs over affinities (REFERENCE.md §7.2).
-
-    Parameters
-    ----------
-    cams, classes:
-        float (K, H, W) normalised CAMs of the present classes at the image's size and their
-        0-based foreground indices (the format of :func:`transcam_nb.cam.multiscale_cam`).
-    affinity:
-        either the dense [n, n] affinity (``n = ceil(H/8) · ceil(W/8)``, e.g. from
-        :func:`dense_affinity`), or a trained :class:`AffinityNet` — then ``image`` (uint8
-        (H, W, 3)) is required and the dense affinity is computed from it.
-    bg, beta, logt:
-        constant background score (0.42), affinity power (14), log2 of the number of steps (7).
-    crf:
-        also run step 9, :func:`~transcam_nb.postprocess.crf.crf_labels` (``n_labels =
-        num_classes + 1``) on the padded image (padding de-normalises to the ImageNet mean
-        colour, as the reference) before cropping; needs ``image``.
-    device:
-        where the transition matrix is built (default: where the affinity is; a model runs on
-        its own device).
-
-    Steps: 1 pad to a multiple of 8; 2–5 ``T = transition_matrix(A, beta, logt)``; 6 the
-    (num_classes+1)-channel CAM with channel 0 = ``bg`` and channel c+1 = CAM of class c, at
-    full size, zero-padded, 8×8 average-pooled; 7 ``(C+1, n) @ T``; 8 bilinear upsampling
-    (align_corners=False) to the padded size and argmax; crop to (H, W).
-
-    Returns uint8 (H, W) labels (0 = background, c+1 = class c); with ``return_scores`` also
-    the walked scores at 1/8 resolution, [C+1, H'/8, W'/8].
-    """
-    from .crf import _check_cams, crf_labels
-
-    cams, classes = _check_cams(cams, classes, None, num_classes)
-    H, W = cams.shape[1:]
-    Hp, Wp = H + (-H % stride), W + (-W % stride)
-    h, w = Hp // stride, Wp // stride
-    if isinstance(affinity, nn.Module):
-        if image is None:
-            raise ValueError("random_walk with an AffinityNet needs the image (uint8 (H, W, 3))")
-        dev = next(affinity.parameters()).device  # the model runs where it lives
-        was_training = affinity.training
-        affinity.eval()
-        try:
-            x = prepare_image(image, stride, dev)
-            if x.shape[-2:] != (Hp, Wp):
-                raise ValueError(f"image size {np.asarray(image).shape[:2]} differs from the CAM size {(H, W)}")
-            aff = affinity.dense_affinity(x, radius)
-        finally:
-            affinity.train(was_training)
-        if device is not None:
-            aff = aff.to(device)
-    elif isinstance(affinity, torch.Tensor):
-        aff = affinity if device is None else affinity.to(device)
-    else:
-        raise TypeError(f"affinity must be a dense [n, n] tensor or an AffinityNet, got {type(affinity).__name__}")
-    if tuple(aff.shape) != (h * w, h * w):
-        raise ValueError(
-            f"the affinity is {tuple(aff.shape)} but a {H}x{W} image padded to {Hp}x{Wp} needs "
-            f"[{h * w}, {h * w}] (1/{stride} grid {h}x{w})"
-        )
-    dev = aff.device
-    with torch.no_grad():
-        trans = transition_matrix(aff.float(), beta, logt)
-        full = torch.zeros(num_classes + 1, H, W, dtype=torch.float32)
-        full[0] = bg
-        for i, c in enumerate(classes):
-            full[c + 1] = torch.from_numpy(np.ascontiguousarray(cams[i]))
-        full = F.pad(full, (0, Wp - W, 0, Hp - H)).to(dev)  # channel 0 is 0 in the padding too
-        small = F.avg_pool2d(full.unsqueeze(0), stride, stride)[0]  # [C+1, h, w]
-        walked = (small.reshape(num_classes + 1, -1) @ trans).reshape(num_classes + 1, h, w)
-        up = F.interpolate(walked.unsqueeze(0), size=(Hp, Wp), mode="bilinear", align_corners=False)[0]
-        labels = up.argmax(0).cpu().numpy().astype(np.uint8 if num_classes < 256 else np.int64)
-    if crf:
-        if image is None:
-            raise ValueError("random_walk(crf=True) needs the image (uint8 (H, W, 3))")
-        img = np.asarray(image)
-        if img.shape[:2] != (H, W):
-            raise ValueError(f"image size {img.shape[:2]} differs from the CAM size {(H, W)}")
-        pad_colour = np.floor(np.array(IMAGENET_MEAN) * 255).astype(np.uint8)  # de-normalised zero padding
-        padded = np.empty((Hp, Wp, 3), np.uint8)
-        padded[:] = pad_colour
-        padded[:H, :W] = img
-        labels = crf_labels(padded, labels, num_classes + 1, preset=crf_preset)
-    labels = labels[:H, :W]
-    if return_scores:
-        return labels, walked.cpu()
-    return labels

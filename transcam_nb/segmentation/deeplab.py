@@ -31,7 +31,6 @@ backbone biases 2× lr (no weight decay), head weights 10×, head biases 20× (n
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -101,32 +100,11 @@ class ASPPHead(nn.Module):
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict:
-    """Read a weights file (``.pth``/``.pt``/``.bin`` via ``torch.load(weights_only=True)``,
-    ``.safetensors`` via the safetensors package) and unwrap a ``state_dict``/``model`` entry."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(f"{path} is a .safetensors file; `pip install safetensors` to read it") from e
-        sd = load_file(str(path))
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise RuntimeError(
-                f"could not read {str(path)!r} with torch.load(weights_only=True): {e}. Expected a "
-                "state dict (name -> tensor) saved with torch.save, e.g. a timm ImageNet checkpoint."
-            ) from e
-    for key in ("state_dict", "model", "model_state", "state_dict_ema"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-            break
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors (got {type(sd).__name__})")
-    return sd
+    """A weights file (``.pth``/``.pt``/``.bin``/``.safetensors``) as a state dict, read by the
+    package's one reader :func:`transcam_nb.models.read_state_dict`."""
+    from ..models.checkpoints import read_state_dict
+
+    return read_state_dict(path, what="backbone weights")
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> dict:

@@ -23,7 +23,6 @@ upload.
 """
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 from pathlib import Path
@@ -33,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..artifacts import atomic_path, atomic_write
+from ..artifacts import atomic_path, write_json
+from ..config import TEST_SCALES
 from ..data.transforms import normalize
 from ..data.voc import load_mask, load_rgb, read_id_list, resolve_root
 from ..data.voc import voc_palette as _flat_voc_palette
@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 #: the reference's test scales (REFERENCE.md §8)
-TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
 # ----------------------------------------------------------------------------- small I/O
@@ -239,8 +238,7 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
             "flip": bool(flip),
             "crf": crf if isinstance(crf, (str, bool)) or crf is None else str(crf),
         }
-        with atomic_write(save_dir / "metrics.json", "w") as f:
-            f.write(json.dumps(summary, indent=2))
+        write_json(save_dir / "metrics.json", summary, sort_keys=False)
     return cm
 
 

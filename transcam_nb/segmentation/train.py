@@ -19,6 +19,9 @@ random crop (padded with 0 = the mean after normalisation for the image, 255 for
   OpenCV's 0–179 units (≈ ±20°) and converted, hue wraps around, S and V are clipped.
 * a crop window larger than the (scaled) image places the image at a random offset inside the
   padded 448×448 canvas.
+* the random rescale is bicubic like the authors' (``cv2.INTER_CUBIC``, reproduced with torch's
+  bicubic, :func:`resize_cubic`); multi-scale *inference*
+  (:func:`transcam_nb.segmentation.infer.predict`) rescales the normalised image bilinearly.
 * the reference fixes cudnn determinism; here ``deterministic`` is off by default (faster).
 * AMP (bf16, or fp16 with a GradScaler) on CUDA via :func:`transcam_nb.device.autocast`.
 
@@ -34,8 +37,6 @@ uninterrupted run would, whatever the number of loader workers.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -47,11 +48,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..artifacts import atomic_path, atomic_write
+from ..config import SEG_PRESETS, SegConfig, get_seg_config  # noqa: F401  (defined in config)
 from ..data.transforms import normalize, random_crop
 from ..data.voc import resolve_root
 from .deeplab import DeepLab
-from .infer import TEST_SCALES, _read_rgb, read_label
+from .infer import _read_rgb, read_label
 
 __all__ = [
     "SegConfig",
@@ -67,97 +68,16 @@ __all__ = [
     "PseudoLabelDataset",
 ]
 
-CHECKPOINT_FORMAT = "transcam_nb.deeplab/1"
-
-
-@dataclass(frozen=True)
-class SegConfig:
-    """Everything that defines a DeepLab training run (REFERENCE.md §8 for the paper values)."""
-
-    # model
-    backbone: str = "resnet101"
-    head: str = "largefov"
-    num_classes: int = 21
-    output_stride: int = 8
-    pretrained_path: str | None = None
-    freeze_bn: bool = True
-    freeze_stem: bool = True
-    head_bn_momentum: float = 0.0003
-    dropout: float = 0.5
-    # optimisation
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    batch: int = 10
-    iters: int = 20000
-    # augmentation
-    crop: int = 448
-    scale: tuple = (0.5, 1.5)
-    hsv_jitter: int = 10
-    flip: bool = True
-    # test-time (used by the notebooks / cli when evaluating)
-    test_scales: tuple = TEST_SCALES
-    test_flip: bool = True
-    test_crf: bool = True
-    # bookkeeping
-    seed: int = 1
-    deterministic: bool = False
-    amp: bool = True
-    workers: int = 4
-    ckpt_every: int = 1000
-    log_every: int = 10
-
-    def replace(self, **changes) -> "SegConfig":
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise TypeError(f"unknown SegConfig field(s) {sorted(unknown)}; known: {sorted(known)}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else os.fspath(v) if isinstance(v, os.PathLike) else v
-                for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SegConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
-
-    def validate(self) -> None:
-        if self.head not in ("largefov", "aspp"):
-            raise ValueError(f"SegConfig.head must be 'largefov' or 'aspp', got {self.head!r}")
-        for name in ("batch", "iters", "crop", "ckpt_every", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SegConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            raise ValueError(f"SegConfig.scale must be (low, high) with 0 < low <= high, got {self.scale}")
-        if self.head == "aspp" and self.batch < 2:
-            raise ValueError("the ASPP head's image-pooling BatchNorm needs SegConfig.batch >= 2")
-
-
-SEG_PRESETS = {
-    "paper": SegConfig(),
-    "tiny": SegConfig(
-        backbone="resnet18", freeze_bn=False, freeze_stem=False, head_bn_momentum=0.1,
-        lr=1e-2, batch=4, iters=300, crop=96, scale=(0.7, 1.3),
-        test_scales=(0.75, 1.0, 1.25), test_crf=False,
-        amp=False, workers=0, ckpt_every=100, log_every=5,
-    ),
-}
-
-
-def get_seg_config(name: str = "tiny", **overrides) -> SegConfig:
-    """A preset of :data:`SEG_PRESETS` with field overrides (``get_seg_config("paper", iters=10)``)."""
-    if name not in SEG_PRESETS:
-        raise ValueError(f"unknown segmentation preset {name!r}; choose one of {sorted(SEG_PRESETS)}")
-    return SEG_PRESETS[name].replace(**overrides) if overrides else SEG_PRESETS[name]
+CHECKPOINT_FORMAT = "transcam_nb.deeplab/1"  # model.pt (config + weights)
+TRAIN_CHECKPOINT_FORMAT = "transcam_nb.deeplab-train/2"  # last.pt, written by transcam_nb.engine
 
 
 def poly_lr(base_lr: float, itr: int, max_itr: int, power: float = 0.9) -> float:
-    """The reference's poly schedule: ``base_lr · (1 − itr / (max_itr + 1)) ** power`` (itr from 0)."""
-    return base_lr * (1.0 - itr / (max_itr + 1)) ** power
+    """The reference's poly schedule: ``base_lr · (1 − itr / (max_itr + 1)) ** power`` (itr from 0);
+    :func:`transcam_nb.engine.lr_at` with ``schedule="poly_deeplab"``, which the training uses."""
+    from ..engine import lr_at
+
+    return lr_at(itr, max_itr, base_lr, "poly_deeplab", power=power)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -173,13 +93,24 @@ def hsv_jitter(image: np.ndarray, dh: int, ds: int, dv: int) -> np.ndarray:
     return np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"), dtype=np.uint8)
 
 
+def resize_cubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bicubic resize of a uint8 ``[H, W, 3]`` image as OpenCV's ``INTER_CUBIC`` (the authors'
+    random rescale): Keys' kernel with ``a = -0.75``, pixel centres aligned (align_corners=False),
+    no anti-aliasing, rounded and clipped to uint8. (Pillow's BICUBIC differs: ``a = -0.5`` and
+    an anti-aliasing filter when shrinking.)"""
+    x = torch.tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1).unsqueeze(0)
+    y = F.interpolate(x, size=(int(height), int(width)), mode="bicubic", align_corners=False)
+    return y[0].permute(1, 2, 0).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
 def joint_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator, crop: int,
                   scale: Sequence[float] = (0.5, 1.5), flip: bool = True, hsv: int = 10,
                   ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's training transform, applied jointly to image and label.
 
     HSV jitter (uniform integers in ``[-hsv, hsv]``) → random scale ``s ~ U(scale)`` (image
-    bilinear, label nearest) → horizontal flip with probability 0.5 → ImageNet normalisation
+    bicubic as the authors' ``cv2.INTER_CUBIC``, :func:`resize_cubic`; label nearest) → horizontal
+    flip with probability 0.5 → ImageNet normalisation
     → ``crop × crop`` random crop, the image padded with 0 (the mean) and the label with
     ``ignore_index``. Returns ``([3, crop, crop] float32, [crop, crop] int64)``.
 
@@ -196,7 +127,7 @@ def joint_augment(image: np.ndarray, label: np.ndarray, rng: np.random.Generator
     h, w = label.shape
     nh, nw = max(1, int(round(h * s))), max(1, int(round(w * s)))
     if (nh, nw) != (h, w):
-        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+        image = resize_cubic(image, nh, nw)
         label = np.asarray(Image.fromarray(label).resize((nw, nh), Image.NEAREST))
     if flip and rng.random() < 0.5:
         image = image[:, ::-1]
@@ -270,12 +201,12 @@ def build_model(cfg: SegConfig, load_pretrained: bool = True) -> DeepLab:
 
 
 def _read_checkpoint(path: Path) -> dict:
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"could not read DeepLab checkpoint {str(path)!r}: {e}") from e
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a transcam_nb DeepLab checkpoint (format {CHECKPOINT_FORMAT})")
+    from ..models.checkpoints import CheckpointError, read_checkpoint
+
+    ck = read_checkpoint(path, what="DeepLab checkpoint")
+    if ck.get("format") not in (CHECKPOINT_FORMAT, TRAIN_CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{str(path)!r} is not a transcam_nb DeepLab checkpoint (format {CHECKPOINT_FORMAT!r} "
+                              f"or {TRAIN_CHECKPOINT_FORMAT!r}, found {ck.get('format')!r})")
     return ck
 
 
@@ -284,11 +215,8 @@ def load_segmentation_model(path: str | os.PathLike, device=None) -> DeepLab:
     (``last.pt`` or ``model.pt``), in eval mode on ``device``."""
     from ..device import get_device
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"DeepLab checkpoint {str(path)!r} does not exist")
-    ck = _read_checkpoint(path)
-    cfg = SegConfig.from_dict(ck["config"])
+    ck = _read_checkpoint(Path(path))
+    cfg = SegConfig.from_dict(ck.get("settings") or ck["config"])  # last.pt keeps the SegConfig as "settings"
     model = build_model(cfg, load_pretrained=False)
     model.load_state_dict(ck["model"])
     model.config = cfg
@@ -311,26 +239,28 @@ class TrainResult:
     last_loss: float
 
 
-def _truncate_log(log_path: Path, upto: int) -> None:
-    """Keep log lines with ``iteration <= upto`` (lines written after the last checkpoint of an
-    interrupted run would otherwise appear twice)."""
-    if not log_path.exists():
-        return
-    keep = []
-    for line in log_path.read_text().splitlines():
-        try:
-            if json.loads(line).get("iteration", 0) <= upto:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue
-    with atomic_write(log_path, "w") as f:
-        f.write("".join(l + "\n" for l in keep))
+def seg_loop_config(cfg: SegConfig):
+    """The :class:`transcam_nb.engine.LoopConfig` of a DeepLab run: SGD (``momentum``) over
+    :meth:`DeepLab.param_groups`, the reference's poly schedule (``lr_schedule="poly_deeplab"``,
+    :func:`poly_lr`), ``iters`` steps of ``batch`` samples, AMP when ``cfg.amp``, a checkpoint
+    every ``ckpt_every`` steps and at the end of every call."""
+    from ..engine import LoopConfig
+
+    return LoopConfig(max_steps=int(cfg.iters), epochs=1, batch_size=int(cfg.batch), lr=float(cfg.lr),
+                      weight_decay=float(cfg.weight_decay), lr_schedule="poly_deeplab",
+                      poly_power=float(cfg.poly_power), optimizer="sgd", momentum=float(cfg.momentum),
+                      amp="auto" if cfg.amp else "off", num_workers=int(cfg.workers), seed=int(cfg.seed),
+                      deterministic=bool(cfg.deterministic), checkpoint_minutes=None,
+                      checkpoint_every_steps=int(cfg.ckpt_every), log_every=int(cfg.log_every))
 
 
 def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_label_dir: str | os.PathLike,
                        ids: Sequence[str], out_dir: str | os.PathLike, device=None, resume: bool = True,
-                       max_steps: int | None = None, progress: bool = True) -> TrainResult:
-    """Train DeepLab on pseudo labels with the reference schedule (REFERENCE.md §8).
+                       max_steps: int | None = None, progress: bool = True,
+                       from_scratch: bool = False) -> TrainResult:
+    """Train DeepLab on pseudo labels with the reference schedule (REFERENCE.md §8), in the
+    package's one training loop (:func:`transcam_nb.engine.train_loop`, settings from
+    :func:`seg_loop_config`).
 
     Args:
         cfg: a :class:`SegConfig` (``get_seg_config("paper")`` for the reference values).
@@ -345,122 +275,53 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
             fields aside); ``False`` starts afresh and overwrites.
         max_steps: run at most this many iterations in this call (then checkpoint and return).
         progress: show a tqdm bar with the loss.
+        from_scratch: allow a backbone with frozen BatchNorm (the paper preset) to start from
+            random weights; without it such a config needs ``pretrained_path``.
     """
-    from ..device import amp_dtype, autocast, get_device, seed_everything
+    from ..device import seed_everything
+    from ..engine import RunFiles, StageSpec, append_jsonl, train_loop, truncate_log
 
     cfg.validate()
-    device = get_device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, model_path, log_path = out_dir / "last.pt", out_dir / "model.pt", out_dir / "log.jsonl"
+    files = RunFiles(checkpoint="last.pt", final="model.pt", metrics=None, summary=None, config=None)
+    ckpt_path, model_path, log_path = out_dir / files.checkpoint, out_dir / files.final, out_dir / "log.jsonl"
 
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
     dataset = PseudoLabelDataset(cfg, image_root, pseudo_label_dir, ids)
+    resuming = resume and ckpt_path.is_file()
+    if not resuming:  # frozen BN statistics of an untrained backbone mean nothing: the paper preset needs weights
+        from ..models.factory import require_init
 
-    ck = _read_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
-    if ck is not None:
-        saved = SegConfig.from_dict(ck["config"]).to_dict()
-        now = cfg.to_dict()
-        diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
-        if diff:
-            raise ValueError(
-                f"cannot resume from {str(ckpt_path)!r}: config differs in {diff} "
-                f"(checkpoint {[saved.get(k) for k in diff]} vs now {[now[k] for k in diff]}); "
-                "use resume=False or another out_dir")
-    model = build_model(cfg, load_pretrained=ck is None).to(device)
-    optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
-    dtype = amp_dtype(device) if cfg.amp else None
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    start, last_loss = 0, float("nan")
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        start = int(ck["iteration"])
-        last_loss = float(ck.get("last_loss", float("nan")))
-        rng = ck.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and device.type == "cuda":
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        _truncate_log(log_path, start)
-    elif log_path.exists():
+        require_init(cfg.pretrained_path, who="DeepLab with a frozen-BatchNorm backbone (the paper preset)",
+                     argument="SegConfig.pretrained_path "
+                              "(pipeline: --config 'seg_overrides={\"pretrained_path\": \"FILE\"}')",
+                     expected=f"an ImageNet checkpoint of timm's {cfg.backbone}", from_scratch=from_scratch,
+                     needs_init=cfg.freeze_bn)
+    model = build_model(cfg, load_pretrained=not resuming)
+    if not resuming and log_path.exists():
         log_path.unlink()
+    t0 = time.time()
 
-    def save_checkpoint(iteration: int) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": cfg.to_dict(),
-            "iteration": iteration,
-            "last_loss": last_loss,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-        }
-        with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
+    def loss_fn(logits, y):
+        n_valid = (y != 255).sum().clamp(min=1)
+        return F.cross_entropy(logits.float(), y, ignore_index=255, reduction="sum") / n_valid
 
-    end = cfg.iters if max_steps is None else min(cfg.iters, start + int(max_steps))
-    trained = start < end
-    if trained:
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=cfg.batch, sampler=range(start * cfg.batch, end * cfg.batch),
-            num_workers=cfg.workers, pin_memory=device.type == "cuda", drop_last=False,
-            persistent_workers=False,
-            # its own generator: creating the iterator must not consume the global torch RNG that
-            # drives dropout, or a resumed run would drift from an uninterrupted one
-            generator=torch.Generator().manual_seed(cfg.seed))
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    def log(info):
+        if info["step"] % cfg.log_every == 0 or info["last"]:
+            append_jsonl(log_path, {"iteration": info["step"], "loss": info["loss"], "lr": info["lr"],
+                                    "time_s": round(time.time() - t0, 3)})
 
-            bar = tqdm(total=cfg.iters, initial=start, desc="deeplab", dynamic_ncols=True)
-        model.train()
-        itr = start
-        t0 = time.time()
-        with open(log_path, "a") as log:
-            for x, y in loader:
-                lr_now = poly_lr(cfg.lr, itr, cfg.iters, cfg.poly_power)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr_now * g["lr_mult"]
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                with autocast(device, dtype):
-                    logits = model(x)
-                n_valid = (y != 255).sum().clamp(min=1)
-                loss = F.cross_entropy(logits.float(), y, ignore_index=255, reduction="sum") / n_valid
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"DeepLab training loss became {loss.item()} at iteration {itr + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                itr += 1
-                last_loss = float(loss.item())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{last_loss:.4f}", lr=f"{lr_now:.2e}")
-                if itr % cfg.log_every == 0 or itr == end:
-                    log.write(json.dumps({"iteration": itr, "loss": last_loss, "lr": lr_now,
-                                          "time_s": round(time.time() - t0, 3)}) + "\n")
-                    log.flush()
-                if itr % cfg.ckpt_every == 0 or itr == end:
-                    save_checkpoint(itr)
-        if bar is not None:
-            bar.close()
-        start = itr
-    if start >= cfg.iters and (trained or not model_path.exists()):
-        with atomic_path(model_path) as tmp:
-            torch.save({"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), "iteration": start,
-                        "model": model.state_dict()}, tmp)
+    stage = StageSpec(files=files, checkpoint_format=TRAIN_CHECKPOINT_FORMAT, settings=cfg.to_dict(),
+                      settings_resume_free=tuple(sorted(_RESUME_FREE)), shuffle=False, own_loader_rng=True,
+                      extra_state=lambda step: {"iteration": step},
+                      on_resume=lambda ck: truncate_log(log_path, int(ck["step"]), key="iteration"),
+                      final_state=lambda net, step: {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(),
+                                                     "iteration": step, "model": net.state_dict()})
+    summary = train_loop(model, dataset, loss_fn, out_dir, seg_loop_config(cfg), device=device, resume=resume,
+                         progress=progress, callback=log, desc="deeplab", stage=stage, stop_after=max_steps)
     model.config = cfg
     model.eval()
+    last = summary.get("last_loss")
     return TrainResult(model=model, checkpoint=ckpt_path, model_path=model_path, log_path=log_path,
-                       iteration=start, last_loss=last_loss)
+                       iteration=int(summary["steps"]), last_loss=float("nan") if last is None else float(last))

@@ -240,3 +240,19 @@ def test_precision_option(tiny_model, image):
     with pytest.warns(DeprecationWarning, match="amp_dtype"):
         d, _ = multiscale_cam(tiny_model, image, labels, scales=(32,), amp_dtype=torch.bfloat16)
     np.testing.assert_array_equal(c, d)
+
+
+def test_precision_policy_words():
+    from transcam_nb.config import get_profile
+    from transcam_nb.device import precision_setup, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert precision_setup("auto", cpu) == (None, False)  # CPU default: fp32 (measured)
+    assert precision_setup("fp32", cpu) == (None, False) and precision_setup("off", cpu) == (None, False)
+    assert precision_setup("bf16", cpu) == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        precision_setup("fp16", cpu)
+    assert resolve_precision(torch.bfloat16) == "bf16" and resolve_precision(None) == "fp32"
+    with pytest.warns(DeprecationWarning, match="'amp' setting is now 'precision'"):
+        prof = get_profile("tiny").replace(amp="bf16")
+    assert prof.precision == "bf16"

@@ -7,7 +7,8 @@ procedure, step for step:
    ``scales`` (the aspect ratio is not kept; it is restored by step 4).
 2. ``np.asarray`` (uint8 HWC), ImageNet normalisation ``(x/255 - mean)/std`` computed in
    float64 and stored as float32, HWC → CHW. The horizontal flip of each scale is the flipped
-   normalised array. (Image + flip are run as one batch of 2 by default: ``batch_flips``.)
+   normalised array. (Image + flip run as one batch of 2 on a GPU, one at a time on a CPU, where
+   that measured faster and leaner: ``batch_flips``.)
 3. Forward pass; the raw 3×3-conv CAM is refined with the block-aggregated attention
    (:func:`transcam_nb.refine.refine_cam`; Eq. 5 for ``method="transcam"``).
 4. Keep the foreground channels ``1..K`` (channel 0 is the untrained "background" output),
@@ -178,6 +179,8 @@ def _passes(model, pil, *, scales, flip, square, batch_flips, device, precision,
     W, H = pil.size
     patch = int(getattr(model, "patch_size", 16))
     fast = precision != "fp32"
+    if batch_flips is None:  # measured on a 2-core CPU at paper scale: one at a time 1.3x faster, 0.4 GiB less
+        batch_flips = device.type != "cpu"
     was_training = model.training
     model.eval()
     try:
@@ -251,7 +254,7 @@ def multiscale_sum(
     method: str = "transcam",
     blocks=None,
     reduce: str = "sum",
-    batch_flips: bool = True,
+    batch_flips: bool | None = None,
     attention: str = "sdpa",
     precision: str = "fp32",
     amp_dtype: torch.dtype | None = None,
@@ -289,7 +292,7 @@ def multiscale_variants(
     scales: Sequence[float] = (256, 512, 768),
     flip: bool = True,
     square: bool = True,
-    batch_flips: bool = True,
+    batch_flips: bool | None = None,
     attention: str = "sdpa",
     precision: str = "fp32",
     device: str | torch.device | None = None,
@@ -357,7 +360,7 @@ def multiscale_cam(
     square: bool = True,
     method: str = "transcam",
     blocks=None,
-    batch_flips: bool = True,
+    batch_flips: bool | None = None,
     attention: str = "sdpa",
     precision: str = "fp32",
     amp_dtype: torch.dtype | None = None,
@@ -382,7 +385,8 @@ def multiscale_cam(
         Refinement (``"transcam"``, ``"clsattn"``, ``"attnagg"``, ``"rollout"``, ``"none"``)
         and the blocks whose attention is used (default all: "AA").
     batch_flips
-        Run each scale and its flip as one batch of two (default) or one at a time.
+        Run each scale and its flip as one batch of two or one at a time; ``None`` (default):
+        batched on a GPU, one at a time on a CPU (measured faster and leaner there).
     attention
         ``"sdpa"`` (default): methods with a fused implementation (``transcam``, ``clsattn``)
         refine from the kept queries and keys with ``scaled_dot_product_attention``, so no

@@ -159,7 +159,7 @@ def run_cams(args: argparse.Namespace) -> int:
             cams, classes = multiscale_cam(
                 model, img, sample.label, scales=scales, flip=not args.no_flip, square=not args.aspect,
                 method=args.method, blocks=args.blocks, precision=precision, attention=args.attention, device=device,
-                batch_flips=not args.no_batch_flips,
+                batch_flips=False if args.no_batch_flips else None,
             )
             save_cams(cam_dir / f"{iid}.npz", cams, classes, size_hw=hw, dtype=cam_dtype,
                       meta={"id": iid, "method": args.method, "scales": list(scales)})

@@ -87,6 +87,12 @@ class Settings:
         return [f.name for f in dataclasses.fields(cls)]
 
     def replace(self, **changes):
+        if "amp" in changes and "amp" not in self.field_names() and "precision" in self.field_names():
+            import warnings
+
+            warnings.warn("the 'amp' setting is now 'precision' (auto | fp32 | bf16 | fp16)", DeprecationWarning,
+                          stacklevel=2)
+            changes["precision"] = changes.pop("amp")
         unknown = set(changes) - set(self.field_names())
         if unknown:
             raise TypeError(f"unknown {self._what} field(s) {sorted(unknown)}; known fields: "
@@ -212,7 +218,10 @@ class Profile(Settings):
     jitter: tuple | None = (0.3, 0.3, 0.3, 0.1)  # ColorJitter (brightness, contrast, saturation, hue)
     per_device_batch: bool = False  # False: batch_size is the global batch, split over DDP processes
     grad_clip: float | None = None  # max gradient norm (None: no clipping, as the reference)
-    amp: str = "auto"  # "auto" (bf16 / fp16+scaler on CUDA, off elsewhere) | "bf16" | "fp16" | "off"
+    # training precision: "auto" = bf16 (or fp16 + scaler) on CUDA, fp32 on CPU (measured: no CPU
+    # default was faster); "fp32" = the authors' exact numerics; "bf16"; "fp16" (CUDA). CAM inference
+    # (cams stage, multiscale_cam) runs in fp32 unless asked (precision= / --precision).
+    precision: str = "auto"
     compile: bool = False  # torch.compile the network
     channels_last: bool = False  # channels_last memory format for the CNN branch
     checkpoint_minutes: float | None = 10.0  # also checkpoint every N minutes (besides every epoch)

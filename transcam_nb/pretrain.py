@@ -381,7 +381,7 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
     loss_fn = make_loss(cfg, net.token_head, net.backbone.patch_size, parts)
     loop = LoopConfig(max_steps=cfg.steps, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
                       weight_decay=cfg.weight_decay, no_decay_norm_bias=True, lr_schedule="cosine",
-                      warmup_frac=cfg.warmup_frac, amp="auto", num_workers=0, seed=cfg.seed,
+                      warmup_frac=cfg.warmup_frac, precision="auto", num_workers=0, seed=cfg.seed,
                       checkpoint_minutes=5.0, checkpoint_every_steps=cfg.save_every, log_every=cfg.log_every)
     t0 = time.perf_counter()
     stopped = {"step": None}

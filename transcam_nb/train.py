@@ -188,7 +188,7 @@ def train_classifier(
             if dev.type == "cuda" and dev.index is None:
                 dev = torch.device("cuda", dist_env()[2])
             ev = evaluate_classifier(model, val, w_conv=w_conv, w_trans=w_trans, device=dev,
-                                     batch_size=max(1, prof.batch_size), amp_dtype=amp_setup(prof.amp, dev)[0],
+                                     batch_size=max(1, prof.batch_size), amp_dtype=amp_setup(prof.precision, dev)[0],
                                      num_workers=int(prof.num_workers), progress=progress)
             ev = {k: v for k, v in ev.items() if k not in ("scores", "labels")}
             ev["split"] = val.split

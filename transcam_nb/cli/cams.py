@@ -60,7 +60,11 @@ def _cams_args(p: argparse.ArgumentParser) -> None:
                    help="background thresholds for the label PNGs (default: the profile's 0.60,0.25)")
     add_shard(p)
     add_runtime(p)
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast the network")
+    p.add_argument("--precision", "--amp", default="fp32", choices=["fp32", "bf16", "fp16", "none"],
+                   action=_DeprecatedAlias, deprecated=("--amp",),
+                   help="fp32 (default, the authors' numbers) | bf16 (autocast, channels_last) | fp16 (CUDA)")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "explicit"],
+                   help="sdpa: Eq. 5 as fused attention, no N×N matrix (default) | explicit: the attention maps")
     p.add_argument("--no-batch-flips", action="store_true",
                    help="run each scale and its flip one at a time (less memory; on CPU no slower)")
     p.add_argument("--cam-dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the CAMs")
@@ -75,7 +79,7 @@ def run_cams(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..cam import multiscale_cam
-    from ..device import get_device, set_threads
+    from ..device import get_device, resolve_precision, set_threads
     from ..models import create_model, load_checkpoint
     from ..pseudo import label_map, load_cams, save_cams, save_label_png
     from ..refine import resolve_blocks
@@ -106,7 +110,7 @@ def run_cams(args: argparse.Namespace) -> int:
     config = {
         "model": model_name, "model_args": overrides, "checkpoint": str(Path(args.checkpoint).resolve()),
         "scales": list(scales), "flip": not args.no_flip, "square": not args.aspect, "method": args.method,
-        "blocks": resolve_blocks(args.blocks, int(overrides.get("depth", 12))), "amp": args.amp,
+        "blocks": resolve_blocks(args.blocks, int(overrides.get("depth", 12))), "precision": {"none": "fp32"}.get(args.precision, args.precision),
         "num_fg": num_fg, "class_names": list(ds.class_names),
     }
     spec = to_jsonable(config)
@@ -135,7 +139,10 @@ def run_cams(args: argparse.Namespace) -> int:
 
     device = get_device(None if prof.device == "auto" else prof.device)
     model = None
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    try:
+        precision = resolve_precision(args.precision, device, arg="--precision")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     cam_dtype = np.float16 if args.cam_dtype == "float16" else np.float32
     bar = tqdm(pending, desc=f"cams {shard}/{nshard}", disable=args.no_progress, position=shard if nshard > 1 else 0,
                dynamic_ncols=True)
@@ -158,8 +165,8 @@ def run_cams(args: argparse.Namespace) -> int:
                 bar.write(f"[cams] {iid}: no image label found; computing CAMs of all classes")
             cams, classes = multiscale_cam(
                 model, img, sample.label, scales=scales, flip=not args.no_flip, square=not args.aspect,
-                method=args.method, blocks=args.blocks, amp_dtype=amp, device=device,
-                batch_flips=not args.no_batch_flips,
+                method=args.method, blocks=args.blocks, precision=precision, attention=args.attention, device=device,
+                batch_flips=False if args.no_batch_flips else None,
             )
             save_cams(cam_dir / f"{iid}.npz", cams, classes, size_hw=hw, dtype=cam_dtype,
                       meta={"id": iid, "method": args.method, "scales": list(scales)})

@@ -10,7 +10,7 @@ import os
 import shlex
 import sys
 
-from .common import (UsageError, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_set,
+from .common import (UsageError, _DeprecatedAlias, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_set,
                      add_shard, parse_shard, profile_from_args, register_stage)
 
 log = logging.getLogger("transcam_nb.cli")
@@ -33,8 +33,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="continue from OUT/last.pt when it exists (default: yes)")
     add_set(p)
     p.add_argument("--max-steps", type=int, default=None, help="step budget (overrides epochs; the lr schedule follows)")
-    p.add_argument("--amp", default=None, choices=["auto", "bf16", "fp16", "off"],
-                   help="mixed precision (default: the profile's, auto = bf16 or fp16+scaler on CUDA)")
+    p.add_argument("--precision", "--amp", default=None, choices=["auto", "fp32", "bf16", "fp16", "off"],
+                   action=_DeprecatedAlias, deprecated=("--amp",), help="training precision (default: the profile's; auto = bf16 or fp16+scaler on CUDA, fp32 on "
+                        "CPU; fp32 = the authors' numerics)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--log-every", type=int, default=10, help="steps per metrics-log record")
@@ -49,7 +50,8 @@ def run_train(args: argparse.Namespace) -> int:
     from ..engine import NonFiniteLossError
     from ..train import train_classifier
 
-    prof = profile_from_args(args, data_root=False, amp=args.amp, compile=True if args.compile else None,
+    prof = profile_from_args(args, data_root=False, precision={"off": "fp32"}.get(args.precision, args.precision),
+                             compile=True if args.compile else None,
                              channels_last=True if args.channels_last else None)
     rank = int(os.environ.get("RANK", "0"))
     try:

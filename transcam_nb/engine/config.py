@@ -150,7 +150,7 @@ class LoopConfig:
     optimizer: str = "adamw"
     momentum: float = 0.0
     grad_clip: float | None = None
-    amp: str = "auto"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16": transcam_nb.device.precision_setup
     compile: bool = False
     channels_last: bool = False
     num_workers: int = 4
@@ -162,7 +162,7 @@ class LoopConfig:
 
     #: fields that may change between a run and its resumption (they do not change the result,
     #: or only its speed / numerics of mixed precision)
-    RESUME_FREE = ("amp", "compile", "channels_last", "num_workers", "checkpoint_minutes",
+    RESUME_FREE = ("precision", "amp", "compile", "channels_last", "num_workers", "checkpoint_minutes",
                    "checkpoint_every_steps", "log_every", "deterministic")
 
     @classmethod
@@ -188,8 +188,8 @@ class LoopConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if str(self.precision).lower() not in ("auto", "fp32", "bf16", "fp16", "off", "none"):
+            raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
             raise ValueError(f"checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}")
         if self.log_every < 1:

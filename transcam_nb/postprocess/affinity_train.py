@@ -157,7 +157,7 @@ def affinity_loop_config(cfg: AffinityConfig):
 
     return LoopConfig(epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), lr=float(cfg.lr),
                       weight_decay=float(cfg.weight_decay), lr_schedule="poly", poly_power=float(cfg.poly_power),
-                      optimizer="sgd", momentum=float(cfg.momentum), amp="off", num_workers=int(cfg.num_workers),
+                      optimizer="sgd", momentum=float(cfg.momentum), precision="fp32", num_workers=int(cfg.num_workers),
                       seed=int(cfg.seed), checkpoint_minutes=None, checkpoint_every_steps=cfg.save_every or None)
 
 

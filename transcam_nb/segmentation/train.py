@@ -249,7 +249,7 @@ def seg_loop_config(cfg: SegConfig):
     return LoopConfig(max_steps=int(cfg.iters), epochs=1, batch_size=int(cfg.batch), lr=float(cfg.lr),
                       weight_decay=float(cfg.weight_decay), lr_schedule="poly_deeplab",
                       poly_power=float(cfg.poly_power), optimizer="sgd", momentum=float(cfg.momentum),
-                      amp="auto" if cfg.amp else "off", num_workers=int(cfg.workers), seed=int(cfg.seed),
+                      precision="auto" if cfg.amp else "fp32", num_workers=int(cfg.workers), seed=int(cfg.seed),
                       deterministic=bool(cfg.deterministic), checkpoint_minutes=None,
                       checkpoint_every_steps=int(cfg.ckpt_every), log_every=int(cfg.log_every))
 

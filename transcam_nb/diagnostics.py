@@ -45,6 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .metrics import DEFAULT_THRESHOLDS
 
 __all__ = [
@@ -304,7 +305,7 @@ def evaluate_refinements(
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+        raise InputError(f"unknown variant(s) {unknown} (--variants); known: {list(VARIANTS)}")
     thr = sorted(set([round(float(t), 6) for t in thresholds] + [round(float(t), 6) for t in fixed_taus]))
     ds = _dataset(root, split)
     inst = load_instances(ds.root)

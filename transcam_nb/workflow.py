@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from . import __version__
 from .artifacts import artifacts_dir, cached, config_hash
 from .device import describe, get_device, seed_everything, set_threads
-from .config import Profile, get_profile
+from .config import Profile, get_profile, paths_from_environment
 
 __all__ = ["setup", "artifacts_dir", "data_root", "classifier", "DEFAULT_VARIANTS", "multiscale_variants",
            "evaluate_variants", "eval_dataset"]
@@ -69,12 +69,7 @@ def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_lev
     PROGRESS["default"] = bool(progress)
     if not isinstance(profile, Profile):
         profile = get_profile(profile)
-    env = {}
-    if profile.name == "paper":
-        if os.environ.get("TRANSCAM_VOC_ROOT") and "data_root" not in overrides:
-            env["data_root"] = os.environ["TRANSCAM_VOC_ROOT"]
-        if os.environ.get("TRANSCAM_INIT") and "init_checkpoint" not in overrides:
-            env["init_checkpoint"] = os.environ["TRANSCAM_INIT"]
+    env = {k: v for k, v in paths_from_environment(profile.name).items() if k not in overrides}
     profile = profile.replace(**env, **overrides) if (env or overrides) else profile
     set_threads(profile.threads)
     seed_everything(profile.seed)

@@ -59,9 +59,10 @@ import sys
 from typing import Sequence
 
 from . import cams, stages  # noqa: F401  (register the commands)
-from .common import STAGES, Stage, UsageError, parse_shard, register_stage
+from ..errors import InputError
+from .common import STAGES, Stage, UsageError, one_line, parse_shard, register_stage
 
-__all__ = ["Stage", "STAGES", "UsageError", "register_stage", "build_parser", "main", "parse_shard"]
+__all__ = ["Stage", "STAGES", "UsageError", "BAD_INPUT", "register_stage", "build_parser", "main", "parse_shard"]
 
 PROG = "python -m transcam_nb"
 
@@ -76,11 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test or a notebook may replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _show_progress_messages() -> None:
     """INFO messages of the package's loggers on stderr (once), as a command line expects."""
     logger = logging.getLogger("transcam_nb")
     if not any(getattr(h, "_transcam_cli", False) for h in logger.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(message)s"))
         h._transcam_cli = True
         logger.addHandler(h)
@@ -88,19 +101,23 @@ def _show_progress_messages() -> None:
         logger.setLevel(logging.INFO)
 
 
+#: what the command line answers with one line and exit status 2 (besides :class:`UsageError`):
+#: the library's bad-input errors and files that are missing or cannot be opened. Anything else
+#: is a bug and keeps its traceback.
+BAD_INPUT = (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _show_progress_messages()
-    from ..config import OverrideError
-    from ..models.checkpoints import CheckpointError
-
     try:
         return int(STAGES[args.stage].run(args) or 0)
     except UsageError as e:
-        print(f"{PROG} {args.stage}: error: {e}", file=sys.stderr)
-        raise
-    except (OverrideError, CheckpointError, FileNotFoundError) as e:
-        msg = str(e) if isinstance(e, OverrideError) else f"{type(e).__name__}: {e}"
+        msg = one_line(e)
+        print(f"{PROG} {args.stage}: error: {msg}", file=sys.stderr)
+        raise UsageError(msg) from None
+    except BAD_INPUT as e:
+        msg = one_line(e)
         print(f"{PROG} {args.stage}: error: {msg}", file=sys.stderr)
         raise UsageError(msg) from None

@@ -76,6 +76,7 @@ BAD_INPUT = [
     ("train-paper-without-init", "train --out {out} --profile paper --data-root {root}", ["--init", "--from-scratch"]),
     ("pretrain-bad-set", "pretrain --out {out} --set nope=1", ["--set nope", "not a pretrain config field"]),
     ("pipeline-missing-checkpoint", "pipeline --out {out} --checkpoint {dir}/nope.pt", ["nope.pt", "--checkpoint"]),
+    ("pipeline-corrupt-checkpoint", "pipeline --out {out} --checkpoint {corrupt}", ["corrupt.pt", "could not read"]),
     ("pipeline-paper-without-init", "pipeline --out {out} --profile paper --data-root {root}", ["--init"]),
     ("pipeline-bad-stage", "pipeline --out {out} --stages cams,nope", ["nope"]),
     ("crf-before-cams", "crf --out {out}", ["'cams' is not complete"]),

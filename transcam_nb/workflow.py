@@ -20,7 +20,6 @@ Environment variables:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 

@@ -9,7 +9,9 @@ Every argparse definition of the package lives in this package, with one vocabul
     ``<out>/cams/transcam/<id>.npz`` (``cams/cam/`` with ``--method none``, else the method's
     name; format: :mod:`transcam_nb.pseudo`) with ``<out>/cams/config.json``, and, for each
     background threshold τ, ``<out>/labels_t<τ>/<id>.png`` (VOC palette PNG, Eq. 7-8). Every write is atomic; finished
-    images are skipped, so a killed run resumes where it stopped. Shard with ``--shard i/n`` or
+    images are skipped, so a killed run resumes where it stopped. An image that cannot be read
+    stops the run naming it; ``--on-error skip`` skips it instead and lists it in
+    ``<out>/cams/report.json`` (``report.<i>-of-<n>.json`` per shard). Shard with ``--shard i/n`` or
     run under ``torchrun`` (``RANK``/``WORLD_SIZE`` give the shard; each process uses its
     ``LOCAL_RANK`` GPU)::
 
@@ -47,8 +49,11 @@ Every argparse definition of the package lives in this package, with one vocabul
     Coverage / precision of every refinement variant and the attention diagnostic
     (:mod:`transcam_nb.diagnostics`).
 
-Bad input (an unknown field, a missing file, a malformed value) ends the command with one line
-naming the problem on stderr and exit status 2, without a traceback. Progress messages go
+Bad input (an unknown field, a missing file, a malformed value: :class:`UsageError`, the
+library's :class:`transcam_nb.errors.InputError` and missing files (``OSError``), see
+:data:`BAD_INPUT`) ends the command with one line naming the problem on stderr and exit status
+2, without a traceback; any other exception is a bug and keeps its traceback. Inputs are checked
+before anything is written, so a command that fails there leaves no state behind. Progress messages go
 through :mod:`logging` (logger ``transcam_nb``), shown at INFO level on the command line.
 """
 from __future__ import annotations

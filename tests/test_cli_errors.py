@@ -64,9 +64,9 @@ def _fails_with_one_line(argv, capsys, *words, only=True):
 
 # one typical bad input per stage: (argv with {placeholders}, words the line must hold)
 BAD_INPUT = [
-    ("cams-missing-checkpoint", "cams --checkpoint {dir}/nope.pt", ["nope.pt", "does not exist"]),
-    ("cams-corrupt-checkpoint", "cams --checkpoint {corrupt}", ["corrupt.pt", "could not read"]),
-    ("cams-other-network", "cams --checkpoint {other}", ["other.pt"]),
+    ("cams-missing-checkpoint", "cams --checkpoint {dir}/nope.pt", ["--checkpoint", "nope.pt", "does not exist"]),
+    ("cams-corrupt-checkpoint", "cams --checkpoint {corrupt}", ["--checkpoint", "corrupt.pt", "could not read"]),
+    ("cams-other-network", "cams --checkpoint {other}", ["--checkpoint", "other.pt", "does not fit"]),
     ("cams-bad-split", "cams --checkpoint {good} --split nosuch", ["nosuch.txt", "does not exist"]),
     ("cams-bad-shard", "cams --checkpoint {good} --shard 4/4", ["--shard"]),
     ("cams-bad-blocks", "cams --checkpoint {good} --blocks zz", ["--blocks"]),
@@ -83,7 +83,8 @@ BAD_INPUT = [
     ("affinity-before-crf", "affinity --out {out}", ["'crf' is not complete"]),
     ("randomwalk-before-affinity", "randomwalk --out {out}", ["'affinity' is not complete"]),
     ("segment-before-randomwalk", "segment --out {out}", ["'randomwalk' is not complete"]),
-    ("diagnostics-missing-checkpoint", "diagnostics --checkpoint {dir}/nope.pt --data-root {root}", ["nope.pt"]),
+    ("diagnostics-missing-checkpoint", "diagnostics --checkpoint {dir}/nope.pt --data-root {root}",
+     ["--checkpoint", "nope.pt"]),
 ]
 
 

@@ -407,14 +407,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_cli(args) -> int:
     """Evaluate a trained classifier (every variant + the attention diagnostic), or with
     ``--attention-only`` any checkpoint of the profile's network (e.g. a pretext checkpoint)."""
-    from .cli.common import parse_floats, profile_from_args
+    from .cli.common import UsageError, one_line, parse_floats, profile_from_args
     from .device import get_device, set_threads
     from .models import create_model, load_checkpoint
-    from .models.checkpoints import read_state_dict
+    from .models.checkpoints import CheckpointError, read_state_dict
 
     prof = profile_from_args(args, data_root=False)
     set_threads(prof.threads)
-    sd = read_state_dict(args.checkpoint)
+    try:
+        sd = read_state_dict(args.checkpoint)
+    except CheckpointError as e:
+        raise UsageError(f"--checkpoint: {one_line(e)}") from None
     n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else prof.num_fg + 1
     kw = dict(prof.model_overrides)
     kw["drop_path_rate"] = 0.0

@@ -90,7 +90,7 @@ def run_cams(args: argparse.Namespace) -> int:
 
     from ..cam import multiscale_cam
     from ..device import get_device, set_threads
-    from ..models import create_model, load_checkpoint
+    from ..models import CheckpointError, create_model, load_checkpoint
     from ..pseudo import label_map, load_cams, save_cams, save_label_png
     from ..refine import resolve_blocks
 
@@ -135,7 +135,10 @@ def run_cams(args: argparse.Namespace) -> int:
 
     def build_model():
         m = create_model(model_name, num_classes=num_fg + 1, **overrides)
-        rep = load_checkpoint(m, args.checkpoint, drop_mismatched_heads=False)  # CheckpointError: cli.main's line
+        try:
+            rep = load_checkpoint(m, args.checkpoint, drop_mismatched_heads=False)
+        except CheckpointError as e:
+            raise UsageError(f"--checkpoint: {one_line(e)}") from None
         log.info("[cams] model %s from %s on %s", model_name, Path(rep["file"]).name, device)
         return m.to(device).eval()
 

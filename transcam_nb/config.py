@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 from .artifacts import config_hash
+from .errors import InputError
 
 __all__ = [
     "RUN_ONLY_FIELDS", "Settings", "OverrideError", "parse_value", "parse_overrides",
@@ -49,6 +50,7 @@ __all__ = [
     "Profile", "PipelineConfig", "AffinityConfig", "SegConfig", "PretrainConfig",
     "ProfileSettings", "SETTINGS", "PROFILES", "AFFINITY_PRESETS", "SEG_PRESETS",
     "get_settings", "get_profile", "get_affinity_preset", "get_seg_config", "pipeline_defaults",
+    "PATH_VARIABLES", "paths_from_environment",
 ]
 
 #: fields that change how a run goes (where, how fast, how often it saves or logs) but not
@@ -73,7 +75,7 @@ TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 TINY_MODEL = dict(embed_dim=96, num_heads=3, channel_ratio=0.5, depth=12)
 
 
-class OverrideError(ValueError):
+class OverrideError(InputError):
     """A ``key=value`` override that names no field or holds a value of the wrong type."""
 
 
@@ -536,7 +538,7 @@ def get_settings(name: str | None = None) -> ProfileSettings:
     """The record of a profile name (default: ``$TRANSCAM_PROFILE`` or ``"tiny"``)."""
     name = name or os.environ.get("TRANSCAM_PROFILE", "tiny")
     if name not in SETTINGS:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(SETTINGS)}")
+        raise InputError(f"unknown profile {name!r}; choose one of {sorted(SETTINGS)}")
     return SETTINGS[name]
 
 
@@ -544,6 +546,22 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     """Return the named profile (default: ``$TRANSCAM_PROFILE`` or ``"tiny"``) with overrides."""
     prof = get_settings(name).classifier
     return prof.replace(**overrides) if overrides else prof
+
+
+#: the paper profile's paths that the environment may give: profile field -> variable. The
+#: book's Setup cell and the command line read them; a command-line flag (``--data-root``,
+#: ``--sbd-root``, ``--init``) or an explicit override wins over the variable.
+PATH_VARIABLES = {"data_root": "TRANSCAM_VOC_ROOT", "sbd_root": "TRANSCAM_SBD_ROOT",
+                  "init_checkpoint": "TRANSCAM_INIT"}
+
+
+def paths_from_environment(profile: str, env=None) -> dict:
+    """``{field: path}`` of :data:`PATH_VARIABLES` that are set, for the paper profile (the tiny
+    profile ignores them: it generates its benchmark and ships its initial weights)."""
+    env = os.environ if env is None else env
+    if profile != "paper":
+        return {}
+    return {k: env[v] for k, v in PATH_VARIABLES.items() if env.get(v)}
 
 
 def get_affinity_preset(name: str = "paper", **overrides) -> AffinityConfig:

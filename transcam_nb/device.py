@@ -12,8 +12,15 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["get_device", "seed_everything", "set_threads", "autocast", "amp_dtype", "describe", "PRECISIONS",
-           "resolve_precision", "precision_dtype", "precision_autocast", "precision_setup", "channels_last"]
+from .errors import InputError
+
+
+class DeviceUnavailableError(InputError, RuntimeError):
+    """The device asked for (``--device cuda``, ``device="mps"``) is not available here."""
+
+
+__all__ = ["DeviceUnavailableError", "get_device", "seed_everything", "set_threads", "autocast", "amp_dtype", "describe",
+           "PRECISIONS", "resolve_precision", "precision_dtype", "precision_autocast", "precision_setup", "channels_last"]
 
 
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
@@ -37,9 +44,9 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
         return torch.device("cpu")
     dev = torch.device(choice)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {choice!r} was requested but CUDA is not available on this machine")
+        raise DeviceUnavailableError(f"device {choice!r} was requested but CUDA is not available on this machine")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError(f"device {choice!r} was requested but MPS is not available on this machine")
+        raise DeviceUnavailableError(f"device {choice!r} was requested but MPS is not available on this machine")
     return dev
 
 

@@ -45,6 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .metrics import DEFAULT_THRESHOLDS
 from .refine import VARIANT_ALIASES
 from .refine import VARIANTS as _REFINE_VARIANTS
@@ -240,9 +241,7 @@ def attention_diagnostic(model, root, split: str = "val", *, size: int | None = 
     inst = load_instances(ds.root)
     device = device or next(model.parameters()).device
     diag = AttentionDiagnostic(len(model.blocks))
-    if not 0 <= start < len(ds):
-        raise ValueError(f"start={start} is outside the split's {len(ds)} images")
-    n = len(ds) - start if limit is None else min(limit, len(ds) - start)
+    n = len(ds) if limit is None else min(limit, len(ds))
     was = model.training
     model.eval()
     try:
@@ -300,7 +299,10 @@ def evaluate_refinements(
     from .metrics import ThresholdSweep, sweep_summary
     from .refine import select_variants
 
-    table = {v: next(iter(select_variants([v]).values())) for v in variants}  # raises on unknown names
+    try:
+        table = {v: next(iter(select_variants([v]).values())) for v in variants}
+    except ValueError as e:
+        raise InputError(f"{e} (--variants)") from None
     thr = sorted(set([round(float(t), 6) for t in thresholds] + [round(float(t), 6) for t in fixed_taus]))
     ds = _dataset(root, split)
     inst = load_instances(ds.root)
@@ -381,15 +383,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_cli(args) -> int:
     """Evaluate a trained classifier (every variant + the attention diagnostic), or with
     ``--attention-only`` any checkpoint of the profile's network (e.g. a pretext checkpoint)."""
-    from .cli.common import parse_floats, profile_from_args
+    from .cli.common import UsageError, one_line, parse_floats, profile_from_args
     from .device import get_device, set_threads
     from .models import create_model, load_checkpoint
-    from .models.checkpoints import read_state_dict
+    from .models.checkpoints import CheckpointError, read_state_dict
 
     prof = profile_from_args(args, data_root=False)
     set_threads(prof.threads)
-    sd = read_state_dict(args.checkpoint)
-    n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else prof.num_classes + 1
+    try:
+        sd = read_state_dict(args.checkpoint)
+    except CheckpointError as e:
+        raise UsageError(f"--checkpoint: {one_line(e)}") from None
+    n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else prof.num_fg + 1
     kw = dict(prof.model_overrides)
     kw["drop_path_rate"] = 0.0
     model = create_model(prof.model, num_classes=n_out, **kw)

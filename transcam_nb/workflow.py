@@ -20,14 +20,13 @@ Environment variables:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .artifacts import artifacts_dir, cached, config_hash
 from .cam import multiscale_variants  # noqa: F401 (re-exported; lives in cam.py)
-from .config import Profile, get_profile
+from .config import Profile, get_profile, paths_from_environment
 from .device import describe, get_device, seed_everything, set_threads
 from .refine import VARIANTS
 
@@ -60,12 +59,7 @@ def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_lev
     PROGRESS["default"] = bool(progress)
     if not isinstance(profile, Profile):
         profile = get_profile(profile)
-    env = {}
-    if profile.name == "paper":
-        if os.environ.get("TRANSCAM_VOC_ROOT") and "data_root" not in overrides:
-            env["data_root"] = os.environ["TRANSCAM_VOC_ROOT"]
-        if os.environ.get("TRANSCAM_INIT") and "init_checkpoint" not in overrides:
-            env["init_checkpoint"] = os.environ["TRANSCAM_INIT"]
+    env = {k: v for k, v in paths_from_environment(profile.name).items() if k not in overrides}
     profile = profile.replace(**env, **overrides) if (env or overrides) else profile
     set_threads(profile.threads)
     seed_everything(profile.seed)

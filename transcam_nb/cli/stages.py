@@ -10,7 +10,7 @@ import os
 import shlex
 import sys
 
-from .common import (UsageError, _DeprecatedAlias, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_set,
+from .common import (UsageError, _DeprecatedAlias, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_sbd_root, add_set,
                      add_shard, parse_shard, profile_from_args, register_stage)
 
 log = logging.getLogger("transcam_nb.cli")
@@ -23,8 +23,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_profile(p)
     add_out(p, "run folder: last.pt, classifier.pt, metrics.jsonl, summary.json")
     add_data_root(p)
-    p.add_argument("--sbd-root", default=None, help="SBD benchmark_RELEASE (or converted SegmentationClassAug) "
-                   "for building train_aug")
+    add_sbd_root(p)
     p.add_argument("--cls-labels", default=None, help="image-label file: the authors' cls_labels.npy or JSON")
     p.add_argument("--allow-pickle", action="store_true", help="needed to read the authors' pickled cls_labels.npy")
     add_init(p)
@@ -46,7 +45,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @register_stage("train", "train the TransCAM classifier (Eq. 6): resumable, AMP, DDP under torchrun", _train_args)
 def run_train(args: argparse.Namespace) -> int:
-    from ..models import CheckpointError
     from ..engine import NonFiniteLossError
     from ..train import train_classifier
 
@@ -64,8 +62,8 @@ def run_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         log.error("[train] stopped: %s", e)
         return 3
-    except (FileNotFoundError, ValueError, CheckpointError) as e:  # bad paths / settings: say what, no traceback
-        raise UsageError(f"{type(e).__name__}: {e}") from None
+    except ValueError as e:  # settings that do not fit the data or the run folder: say what, no traceback
+        raise UsageError(str(e)) from None
     if rank == 0:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
@@ -134,6 +132,7 @@ def _pipeline_args(p: argparse.ArgumentParser, stage: str | None = None) -> None
         p.add_argument("--stages", default=None,
                        help=f"comma-separated subset of {','.join(PIPELINE_STAGES)} (default: all, in order)")
     add_data_root(p)
+    add_sbd_root(p)
     add_set(p, "a profile field (e.g. --set bg_threshold=0.3)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pipeline setting (transcam_nb.config.PipelineConfig), repeatable (e.g. --config "
@@ -160,7 +159,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from ..config import PipelineConfig, parse_overrides
     from ..pipeline import SUMMARY_KEYS, StageIncomplete, pipeline_config, run_pipeline
 
-    prof = profile_from_args(args, init_checkpoint=args.init)
+    prof = profile_from_args(args, init_checkpoint=args.init, sbd_root=args.sbd_root)
     cover = parse_overrides(args.config, PipelineConfig(), "--config")
     if args.checkpoint is not None and args.classifier not in (None, args.checkpoint):
         raise UsageError("give --checkpoint FILE or --classifier, not both")
@@ -185,8 +184,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
                                progress=not args.no_progress)
     except StageIncomplete:
         raise
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise UsageError(f"[pipeline] {type(e).__name__}: {e}") from None
+    except ValueError as e:  # settings that do not fit (missing files and InputError: cli.main's handler)
+        raise UsageError(str(e)) from None
     nums = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
     print(json.dumps({"out": str(args.out), "miou_percent": nums, "status": summary["details"]["status"]}, indent=2))
     status = summary["details"]["status"]

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
+
 __all__ = ["CheckpointError", "CheckpointNotFoundError", "read_checkpoint", "read_state_dict", "load_checkpoint",
            "HEAD_KEYS"]
 
@@ -37,7 +39,7 @@ HEAD_KEYS = ("conv_cls_head.weight", "conv_cls_head.bias", "trans_cls_head.weigh
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint file that cannot be read or does not fit the model."""
 
 

@@ -41,7 +41,7 @@ each requested block. Two ways to ask:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple
 
 import torch
 import torch.nn as nn

@@ -19,7 +19,6 @@ from ..config import AFFINITY_PRESETS, RUN_ONLY_FIELDS, AffinityConfig, get_affi
 from ..data.transforms import color_jitter, normalize, random_crop
 from ..data.voc import load_rgb
 from ..pseudo import load_label_png
-from ..config import AFFINITY_PRESETS, AffinityConfig, get_affinity_preset  # noqa: F401  (defined in config)
 from .affinity import AffinityNet, affinity_labels, affinity_loss, extract_pair_labels, pair_affinity
 
 __all__ = ["AffinityConfig", "AFFINITY_PRESETS", "get_affinity_preset", "AffinityDataset", "train_affinity",

@@ -3,7 +3,7 @@
 Paths (each in a fresh subprocess, so the peak RSS, ``ru_maxrss``, is its own):
 
 ``keepall-fp32``   the authors' algorithm, written like their ``infer_TransCAM.py`` + ``Net.forward``
-                   (REFERENCE.md §3, §11): batch 1, each block's per-head attention
+                   (docs/reference.md §3, §11): batch 1, each block's per-head attention
                    ``[1, heads, N, N]`` kept, all 12 stacked, averaged over heads, summed over
                    blocks; numpy fusion of all 20 channels. The baseline of every ratio.
 ``explicit-fp32``  :func:`transcam_nb.cam.multiscale_cam` with ``attention="explicit"``: the
@@ -74,7 +74,7 @@ def _load_image(path: str | None):
 
 # ----------------------------------------------------------------------------- keep-all
 def keepall_pseudo_label(model, pil, labels, scales, taus, device="cpu"):
-    """The authors' recipe, as REFERENCE.md §3/§11 describes it (per-head maps kept and stacked)."""
+    """The authors' recipe, as docs/reference.md §3/§11 describes it (per-head maps kept and stacked)."""
     import numpy as np
     import torch
     import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Training throughput (images/s) and peak memory of the classifier step (issue 5, §7).
+"""Training throughput (images/s) and peak memory of the classifier step.
 
 One training step = forward (fused attention, no weights kept) + Eq. 6 loss + backward + AdamW
 step, exactly what :func:`transcam_nb.engine.train_loop` does per batch, on random images and

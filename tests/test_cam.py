@@ -43,7 +43,7 @@ def image():
 
 
 def authors_style_pipeline(model, img, labels, scales):
-    """infer_TransCAM as documented in REFERENCE.md §3, written independently in numpy."""
+    """infer_TransCAM as documented in docs/reference.md §3, written independently in numpy."""
     H, W = img.shape[:2]
     cam_list = []
     for s in scales:

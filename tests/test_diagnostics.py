@@ -1,4 +1,4 @@
-"""Issue 8: attention diagnostic, CAM coverage / precision, and the one-pass variant evaluation."""
+"""Attention diagnostic, CAM coverage / precision, and the one-pass variant evaluation."""
 import numpy as np
 import pytest
 import torch

@@ -296,7 +296,7 @@ def test_golden_detects_the_wrong_orientation():
     assert np.abs(wrong - ref).max() > 1e-2 * np.abs(ref).max()
 
 
-# ------------------------------------------------------------------ CLIP-ES-style affinity (issue 11)
+# ----------------------------------------------------------------------------- CLIP-ES-style affinity
 def test_cam_box_mask_hand_made():
     from transcam_nb.refine import cam_box_mask
 

@@ -1,4 +1,4 @@
-"""Transformer attention maps: Eq. 2-4 of the paper, and attention rollout (REFERENCE.md §2.6, §10).
+"""Transformer attention maps: Eq. 2-4 of the paper, and attention rollout (docs/reference.md §2.6, §10).
 
 * **Eq. 2** ``A^l = softmax(QK^T / sqrt(D/S))`` is computed by the model, one map per head;
   :func:`head_mean` averages it over the S heads.
@@ -7,7 +7,7 @@
   (deep) half, or any list of block indices (:func:`resolve_blocks`).
 
   *Code vs paper.* The authors' code **sums** over the blocks instead of averaging
-  (REFERENCE.md §10). That is ``len(blocks)`` times the average: a positive scale, which does
+  (docs/reference.md §10). That is ``len(blocks)`` times the average: a positive scale, which does
   not change anything after the ReLU and the per-class min-max normalisation that follow, so
   both give the same pseudo labels. :func:`attention_map` sums by default (``reduce="sum"``,
   the authors' numbers) and averages with ``reduce="mean"`` (the paper's text).

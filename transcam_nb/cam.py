@@ -1,4 +1,4 @@
-"""Multi-scale, flip-augmented CAM inference (REFERENCE.md §3, the authors' ``infer_TransCAM.py``).
+"""Multi-scale, flip-augmented CAM inference (docs/reference.md §3, the authors' ``infer_TransCAM.py``).
 
 The paper preset (``square=True``, ``scales=(256, 512, 768)``, ``flip=True``) is the authors'
 procedure, step for step:
@@ -101,7 +101,7 @@ def preprocess(image, size_hw: tuple[int, int]) -> np.ndarray:
     """Resize (PIL bicubic) to ``size_hw`` and normalise as the authors: float32 ``[3, h, w]``.
 
     ``(x / 255 - mean) / std`` per channel is computed in float64 and stored as float32,
-    exactly as ``tool.imutils.Normalize`` does (REFERENCE.md §3; golden README); the
+    exactly as ``tool.imutils.Normalize`` does (docs/reference.md §3; golden README); the
     normalisation is :func:`transcam_nb.data.transforms.normalize`.
     """
     from PIL import Image

@@ -215,7 +215,7 @@ class Profile(Settings):
     max_steps: int | None = None  # step budget; None = epochs × (len(train set) // batch_size)
     lr_schedule: str = "constant"  # "constant" (the reference) | "cosine" (linear warm-up, cosine to 0)
     warmup_frac: float = 0.0  # fraction of the steps spent in the linear warm-up (cosine only)
-    trans_lr_mult: float = 1.0  # lr multiplier of the transformer branch while fine-tuning (0 = frozen; issue 11)
+    trans_lr_mult: float = 1.0  # lr multiplier of the transformer branch while fine-tuning (0 = frozen)
     no_decay_norm_bias: bool = False  # True: no weight decay on norms, biases, cls_token (reference: one group)
     jitter: tuple | None = (0.3, 0.3, 0.3, 0.1)  # ColorJitter (brightness, contrast, saturation, hue)
     per_device_batch: bool = False  # False: batch_size is the global batch, split over DDP processes
@@ -417,7 +417,7 @@ class PretrainConfig(Settings):
     part_prob: float = 0.5
     min_fraction: float = 0.02
     dense_weight: float = 1.0
-    # attention grouping (issue 11): a loss on the deep blocks' head-mean attention (transcam_nb.pretrain)
+    # attention grouping: a loss on the deep blocks' head-mean attention (transcam_nb.pretrain)
     group_weight: float = 0.0  # 0 = off (the shipped tiny_pretrained.pt)
     group_loss: str = "mass"  # "mass": -log(attention mass on same-class tokens); "ce": CE to the same-class indicator
     group_blocks: tuple = (4, 5, 6, 7, 8, 9, 10, 11)  # 0-based block indices (blocks 5-12)

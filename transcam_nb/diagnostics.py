@@ -1,4 +1,4 @@
-"""Diagnostics for issue 8: is the attention affinity-like, and does the CAM under-cover?
+"""Diagnostics: is the attention affinity-like, and does the CAM under-cover?
 
 TransCAM (Eq. 5, ``M* = A* · M``) helps only if a token's attention row stays mostly on
 tokens of *its own* object (an object query gathers its object's scores) and a background
@@ -17,7 +17,7 @@ Attention diagnostic (per block ``l`` and for the sum over blocks, Eq. 3)
     dataset, per block, for object queries (``obj_to_own``) and background queries
     (``bg_to_bg``), and the same with uniform attention (``a_j`` constant) as a baseline.
     Affinity-like attention has ``obj_to_own`` well above and ``bg_to_bg`` at or above its
-    uniform baseline; the from-scratch failure of TINY-FINDINGS is ``bg_to_bg`` far *below*
+    uniform baseline; the from-scratch failure recorded in docs/tiny-findings.md (part 1) is ``bg_to_bg`` far *below*
     uniform in deep blocks (background looks at the objects, and ``A @ CAM`` paints it).
 
 CAM coverage / precision at a threshold ``t`` (normalised maps, as the pseudo labels see them)
@@ -28,10 +28,10 @@ CAM coverage / precision at a threshold ``t`` (normalised maps, as the pseudo la
     pixels of that class. Low coverage with high precision = the partial activation TransCAM
     addresses; high coverage with low precision = over-spreading.
 
-:func:`evaluate_refinements` runs the whole comparison of issue 8 in one pass per image:
+:func:`evaluate_refinements` runs the whole comparison in one pass per image:
 one forward per scale and flip (with every block's attention), then each variant (CAM,
 TransCAM, AS, AD, ClsAttn, AttnAgg, rollout) is refined, fused over scales and flips and
-normalised exactly as :mod:`transcam_nb.cam` does (REFERENCE.md §3), and scored with the
+normalised exactly as :mod:`transcam_nb.cam` does (docs/reference.md §3), and scored with the
 τ sweep of :mod:`transcam_nb.metrics`, a fixed τ, coverage/precision and the attention
 diagnostic.
 """

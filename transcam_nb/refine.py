@@ -1,4 +1,4 @@
-"""CAM refinement with transformer attention (paper Eq. 5, 9-11; REFERENCE.md §2.6 and §10).
+"""CAM refinement with transformer attention (paper Eq. 5, 9-11; docs/reference.md §2.6 and §10).
 
 The pieces, in the paper's notation (Eq. 2-4, the block-aggregated attention map ``A*``, are in
 :mod:`transcam_nb.attention` and re-exported here):
@@ -6,7 +6,7 @@ The pieces, in the paper's notation (Eq. 2-4, the block-aggregated attention map
 * **Eq. 5** ``M*_c = Γ(A* · Γ(M_c))``: every location gathers the class scores of the
   locations it attends to, using its own attention row: ``refined = A* @ cam`` with rows as
   queries (:func:`refine_cam` with ``method="transcam"``). The CAM that goes in is the *raw*
-  3x3-conv class map, with no ReLU and no normalisation (REFERENCE.md §2.6); ReLU and
+  3x3-conv class map, with no ReLU and no normalisation (docs/reference.md §2.6); ReLU and
   normalisation are applied later, after the multi-scale fusion (:mod:`transcam_nb.cam`).
 * **Eq. 9-10** ``clsattn`` (TS-CAM style coupling): the class token's attention to the patches
   (row 0, columns 1:, of the block-aggregated map), reshaped to the grid and multiplied

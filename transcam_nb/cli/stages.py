@@ -80,7 +80,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-weight", type=float, default=None,
                    help="weight of the per-token texture loss (0 = multi-label only)")
     p.add_argument("--group-weight", type=float, default=None,
-                   help="weight of the attention-grouping loss on blocks 5-12 (issue 11; 0 = off)")
+                   help="weight of the attention-grouping loss on blocks 5-12 (0 = off)")
     p.add_argument("--group-loss", choices=("mass", "ce"), default=None,
                    help="grouping loss: -log same-class attention mass, or CE to the same-class indicator")
     p.add_argument("--init", default=None, help="continue from these weights (e.g. package:tiny_pretrained.pt)")

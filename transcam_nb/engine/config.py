@@ -58,7 +58,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
     """AdamW parameter groups. The reference uses **one** group (weight decay on everything);
     ``no_decay_norm_bias`` exempts 1-D parameters (norm weights, biases) and ``cls_token``.
     Every group carries ``lr_mult`` (:func:`set_lr`): ``trans_lr_mult`` for the transformer
-    branch (:func:`is_transformer_branch`; issue 11), 1 elsewhere. Frozen parameters
+    branch (:func:`is_transformer_branch`), 1 elsewhere. Frozen parameters
     (``requires_grad=False``) are left out."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
@@ -145,7 +145,7 @@ class LoopConfig:
     no_decay_norm_bias: bool = False
     lr_schedule: str = "constant"
     warmup_frac: float = 0.0
-    trans_lr_mult: float = 1.0  # lr multiplier of a Conformer's transformer branch (AdamW; 0 = frozen; issue 11)
+    trans_lr_mult: float = 1.0  # lr multiplier of a Conformer's transformer branch (AdamW; 0 = frozen)
     poly_power: float = 0.9
     optimizer: str = "adamw"
     momentum: float = 0.0

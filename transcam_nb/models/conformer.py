@@ -11,7 +11,7 @@ One class, :class:`Conformer`, builds both
   is a by-product of the forward pass and the conv logits are its global average.
 
 Parameter names and shapes are those of the official checkpoints (see
-``REFERENCE.md`` §1–2 and ``conformer_state_dict.json``), so official files load directly.
+``docs/reference.md`` §1–2 and ``conformer_state_dict.json``), so official files load directly.
 Behaviour follows the reference code, quirks included, each marked *Quirk* below:
 
 * FCUDown prepends the incoming class token, and the block input is ``FCUDown(x) + x_t``,
@@ -420,7 +420,7 @@ class Conformer(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """The official initialisation (REFERENCE.md §1.2)."""
+    """The official initialisation (docs/reference.md §1.2)."""
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

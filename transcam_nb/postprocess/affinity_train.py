@@ -1,4 +1,4 @@
-"""Training AffinityNet (REFERENCE.md §7.1): settings (:class:`AffinityConfig`, :data:`AFFINITY_PRESETS`),
+"""Training AffinityNet (docs/reference.md §7.1): settings (:class:`AffinityConfig`, :data:`AFFINITY_PRESETS`),
 the augmented training items (:class:`AffinityDataset`) and :func:`train_affinity`.
 
 Poly-lr SGD with the reference's parameter groups and augmentation. *Quirk*: the authors'
@@ -58,7 +58,7 @@ def _load_label(x, what: str) -> "np.ndarray":
 
 
 class AffinityDataset(torch.utils.data.Dataset):
-    """Training items for AffinityNet (REFERENCE.md §7.1 augmentation).
+    """Training items for AffinityNet (docs/reference.md §7.1 augmentation).
 
     ``items``: a sequence of ``(image, la, ha)``, each a path or an array (uint8 H×W×3 RGB;
     uint8 H×W label maps, e.g. the PNGs written from :func:`make_la_ha_labels`). Per item:
@@ -171,7 +171,7 @@ def train_affinity(
     progress: bool = True,
     from_scratch: bool = False,
 ) -> dict:
-    """Train AffinityNet as ``train_aff.py`` (REFERENCE.md §7.1), in the package's one training
+    """Train AffinityNet as ``train_aff.py`` (docs/reference.md §7.1), in the package's one training
     loop (:func:`transcam_nb.engine.train_loop`, settings from :func:`affinity_loop_config`).
 
     Poly learning rate ``lr · mult · (1 - step/max_step)^poly_power`` with SGD (``momentum``

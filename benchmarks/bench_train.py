@@ -1,4 +1,4 @@
-"""Training throughput (images/s) and peak memory of the classifier step (issue 5, §7).
+"""Training throughput (images/s) and peak memory of the classifier step.
 
 One training step = forward (fused attention, no weights kept) + Eq. 6 loss + backward + AdamW
 step, exactly what :func:`transcam_nb.engine.train_loop` does per batch, on random images and
@@ -14,7 +14,7 @@ steps are not timed. Figures on a shared CPU are noisy: the best step is the bet
 an idle machine, the median of a busy one.
 
     python benchmarks/bench_train.py                          # paper + tiny on the default device
-    python benchmarks/bench_train.py --configs paper --steps 3 --device cuda --amp auto
+    python benchmarks/bench_train.py --configs paper --steps 3 --device cuda --precision auto
     python benchmarks/bench_train.py --configs tiny --steps 10 --threads 1 --json out.json
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run_one(name: str, args) -> dict:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=5e-4)
     net = torch.compile(model) if args.compile else model
-    amp_dtype, use_scaler = _amp_setup(args.amp, device)
+    amp_dtype, use_scaler = _amp_setup(args.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     B, S, K = cfg["batch"], cfg["size"], cfg["num_classes"]
     x = torch.randn(B, 3, S, S, device=device)
@@ -97,7 +97,8 @@ def run_one(name: str, args) -> dict:
         print(f"  [{name}] step {i + 1}/{args.warmup + args.steps}: {dt:.2f} s", file=sys.stderr, flush=True)
     res = {
         "config": name, "model": cfg["model"], "size": S, "batch": B, "device": str(device),
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "off", "threads": args.threads,
+        "precision": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32"),
+        "threads": args.threads,
         "channels_last": args.channels_last, "compile": args.compile,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "steps": len(times), "median_step_s": statistics.median(times), "best_step_s": min(times),
@@ -121,7 +122,8 @@ def main():
     ap.add_argument("--batch", type=int, default=None, help="override the configuration's batch")
     ap.add_argument("--size", type=int, default=None, help="override the configuration's image size")
     ap.add_argument("--device", default=None, help="cpu | cuda | mps (default: auto)")
-    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    ap.add_argument("--precision", "--amp", dest="precision", default="auto",
+                    choices=["auto", "fp32", "bf16", "fp16", "off"], help="--amp is the old spelling")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
@@ -136,7 +138,7 @@ def main():
     print(f"torch {torch.__version__}, threads {args.threads}, steps {args.steps} (+{args.warmup} warm-up)",
           file=sys.stderr)
     rows = []
-    child_args = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--amp", args.amp,
+    child_args = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--precision", args.precision,
                   "--threads", str(args.threads)]
     for flag, val in (("--batch", args.batch), ("--size", args.size), ("--device", args.device)):
         if val is not None:
@@ -151,7 +153,7 @@ def main():
         row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"{name:6s} {row['model']:15s} {row['size']}px batch {row['batch']:3d} {row['device']:6s} "
-              f"amp {row['amp']:5s}: median {row['median_step_s']:.2f} s/step = {row['images_per_s_median']:.2f} img/s "
+              f"{row['precision']:4s}{' CL' if row['channels_last'] else '   '}: median {row['median_step_s']:.2f} s/step = {row['images_per_s_median']:.2f} img/s "
               f"(best {row['images_per_s_best']:.2f} img/s), peak {row['peak_mb']:.0f} MB "
               f"(+{row['delta_mb']:.0f} MB over the model and optimiser)")
     if args.json:

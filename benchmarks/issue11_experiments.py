@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,19 +34,6 @@ def _model_from(weights, profile):
     model = create_model(profile.model, num_classes=n_out, **kw)
     load_checkpoint(model, sd, drop_mismatched_heads=False)
     return model.eval()
-
-
-def affinity_variants(depth: int = 12) -> dict:
-    """The CLIP-ES-style variant and the ingredient ablation of issue 11 (name -> fn(cam, attn))."""
-    from transcam_nb.refine import affinity_refine
-
-    aa = list(range(depth))
-    return {
-        "aff_relu": partial(affinity_refine, blocks=aa, relu_cam=True, box_mask=False, sinkhorn=False),
-        "aff_box": partial(affinity_refine, blocks=aa, relu_cam=False, box_mask=True, sinkhorn=False),
-        "aff_sinkhorn": partial(affinity_refine, relu_cam=True, box_mask=False, sinkhorn=True),
-        "affinity": partial(affinity_refine),  # all three, last 8 blocks (CLIP-ES recipe)
-    }
 
 
 def main(argv=None) -> int:
@@ -92,7 +78,8 @@ def main(argv=None) -> int:
         summ = train_classifier("tiny", args.out, init=args.init, max_steps=args.steps, progress=False, **over)
         res = {"summary": {k: v for k, v in summ.items() if k != "eval"}, "eval": summ.get("eval")}
     else:
-        from transcam_nb.diagnostics import evaluate_refinements, format_summary
+        from transcam_nb.diagnostics import VARIANTS, evaluate_refinements, format_summary
+        from transcam_nb.refine import ABLATION_VARIANTS
 
         root = resolve_data_root(prof, progress=False)
         run = Path(args.run)
@@ -100,7 +87,7 @@ def main(argv=None) -> int:
         model = _model_from(weights, prof)
         res = evaluate_refinements(model, root, args.split, scales=tuple(prof.scales), fixed_taus=(0.25, 0.3),
                                    limit=args.limit, start=args.start, progress=False,
-                                   extra=affinity_variants(len(model.blocks)))
+                                   variants=tuple(VARIANTS) + tuple(ABLATION_VARIANTS))
         res["variants"] = {k: {kk: vv for kk, vv in v.items() if kk != "curve"} | {"curve": v["curve"]}
                            for k, v in res["variants"].items()}
         print(format_summary(res))

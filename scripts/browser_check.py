@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Headless-Chromium check of the built book (issue 7 §3).
+"""Headless-Chromium check of the built book.
 
 Loads every page listed in the book's table of contents (``_toc.yml``) in Debian's Chromium,
 driven by Playwright for Python with ``executable_path`` (Playwright's own browser downloads are

@@ -1,4 +1,4 @@
-"""Headless-Chromium check of the built book (issue 7 §3), via scripts/browser_check.py.
+"""Headless-Chromium check of the built book, via scripts/browser_check.py.
 
 * ``test_built_book_in_browser``: every page of ``_toc.yml`` in ``_build/html`` (or
   $TRANSCAM_BOOK_HTML) loads, shows no JS or notebook error, its images decode, its internal links

@@ -43,7 +43,7 @@ def image():
 
 
 def authors_style_pipeline(model, img, labels, scales):
-    """infer_TransCAM as documented in REFERENCE.md §3, written independently in numpy."""
+    """infer_TransCAM as documented in docs/reference.md §3, written independently in numpy."""
     H, W = img.shape[:2]
     cam_list = []
     for s in scales:
@@ -160,10 +160,99 @@ def test_pil_input_and_bf16_autocast(tiny_model, image):
     a, _ = multiscale_cam(tiny_model, image, labels, scales=(32,))
     b, _ = multiscale_cam(tiny_model, Image.fromarray(image), labels, scales=(32,))
     np.testing.assert_array_equal(a, b)
-    c, _ = multiscale_cam(tiny_model, image, labels, scales=(32,), amp_dtype=torch.bfloat16)
+    c, _ = multiscale_cam(tiny_model, image, labels, scales=(32,), precision="bf16")
     assert c.dtype == np.float32 and c.shape == a.shape
     s32, _ = multiscale_sum(tiny_model, image, labels, scales=(32,))
-    s16, _ = multiscale_sum(tiny_model, image, labels, scales=(32,), amp_dtype=torch.bfloat16)
+    s16, _ = multiscale_sum(tiny_model, image, labels, scales=(32,), precision="bf16")
     assert s16.dtype == torch.float32 and torch.isfinite(s16).all()
     # this random model amplifies bf16 rounding (tight bounds: test_golden_pipeline, cond model)
     assert (s16 - s32).abs().max() <= 0.25 * s32.abs().max()
+
+
+# --------------------------------------------------------------------------- Eq. 5 without N×N
+@pytest.mark.parametrize("blocks", ["AA", "AS", "AD", [3, 9]])
+@pytest.mark.parametrize("hw", [(32, 48), (48, 32), (16, 80)])
+def test_sdpa_refinement_equals_explicit(tiny_model, blocks, hw):
+    """Σ_l mean_h SDPA(Q, K, [0; CAM])[1:] == A* · CAM (transcam) and the class-token row (clsattn)."""
+    from transcam_nb.refine import refine_cam, refine_cam_sdpa, resolve_blocks
+
+    blk = resolve_blocks(blocks, 12)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, *hw, generator=g)
+    with torch.no_grad():
+        out = tiny_model(x, return_attn=True, keep_qk=blk)
+    assert sorted(out.qk) == blk and out.qk[blk[0]].q.shape == (2, 2, 1 + hw[0] * hw[1] // 256, 16)
+    for method in ("transcam", "clsattn"):
+        for reduce in ("sum", "mean"):
+            ref = refine_cam(out.cam, out.attn, method, blocks=blk, reduce=reduce)
+            got = refine_cam_sdpa(out.cam, out.qk, method, reduce=reduce)
+            assert got.dtype == torch.float32 and got.shape == ref.shape
+            assert (got - ref).abs().max() <= 1e-5 * ref.abs().max(), (method, reduce)
+
+
+def test_keep_qk_adds_no_attention_matrix(tiny_model):
+    with torch.no_grad():
+        out = tiny_model(torch.randn(1, 3, 32, 64), keep_qk=[0, 5])
+    assert out.attn is None and out.attn_sum is None and sorted(out.qk) == [0, 5]
+    with pytest.raises(ValueError, match="keep_qk"):
+        tiny_model(torch.randn(1, 3, 32, 32), keep_qk=[12])
+
+
+@pytest.mark.parametrize("method,blocks", [("transcam", "AA"), ("transcam", "AS"), ("transcam", "AD"),
+                                           ("clsattn", "AA")])
+def test_multiscale_sdpa_equals_explicit(tiny_model, image, method, blocks):
+    labels = np.array([1, 0, 1, 0, 1], np.float32)
+    kw = dict(scales=(32, 1.0), square=False, method=method, blocks=blocks)
+    a, _ = multiscale_sum(tiny_model, image, labels, attention="explicit", **kw)
+    b, _ = multiscale_sum(tiny_model, image, labels, attention="sdpa", **kw)
+    assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    with pytest.raises(ValueError, match="attention must be one of"):
+        multiscale_sum(tiny_model, image, labels, attention="flash", **kw)
+
+
+def test_forward_request_serves_every_variant():
+    from transcam_nb.refine import forward_request
+
+    aa, ad = list(range(12)), list(range(6, 12))
+    assert forward_request([("none", aa)]) == ({}, None)
+    assert forward_request([("transcam", ad)]) == ({"keep_qk": ad}, None)
+    assert forward_request([("transcam", ad)], "explicit") == ({"attn_blocks": ad}, ad)
+    assert forward_request([("attnagg", aa), ("clsattn", ad)]) == ({"attn_blocks": aa, "keep_qk": ad}, aa)
+    kw, s = forward_request([("attnagg", aa), ("transcam", ad)], "explicit")
+    assert kw == {"return_attn": True} and s is None  # two block sets: per-block maps
+    kw, s = forward_request([("rollout", aa), ("transcam", aa)])
+    assert kw == {"return_attn": True, "keep_qk": aa}
+
+
+def test_precision_option(tiny_model, image):
+    labels = np.array([1, 0, 0, 0, 1], np.float32)
+    a, _ = multiscale_cam(tiny_model, image, labels, scales=(32,), precision="fp32")
+    b, _ = multiscale_cam(tiny_model, image, labels, scales=(32,))
+    np.testing.assert_array_equal(a, b)
+    c, _ = multiscale_cam(tiny_model, image, labels, scales=(32,), precision="bf16")
+    assert c.dtype == np.float32 and c.shape == a.shape and np.isfinite(c).all()
+    # the model comes back in its own memory format
+    assert tiny_model.conv1.weight.is_contiguous()
+    with pytest.raises(ValueError, match="precision='fp16' needs a CUDA device"):
+        multiscale_cam(tiny_model, image, labels, scales=(32,), precision="fp16")
+    with pytest.raises(ValueError, match="precision='fp8' is not understood"):
+        multiscale_cam(tiny_model, image, labels, scales=(32,), precision="fp8")
+    with pytest.warns(DeprecationWarning, match="amp_dtype"):
+        d, _ = multiscale_cam(tiny_model, image, labels, scales=(32,), amp_dtype=torch.bfloat16)
+    np.testing.assert_array_equal(c, d)
+
+
+def test_precision_policy_words():
+    from transcam_nb.config import get_profile
+    from transcam_nb.device import precision_setup, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert precision_setup("auto", cpu) == (None, False)  # CPU default: fp32 (measured)
+    assert precision_setup("fp32", cpu) == (None, False) and precision_setup("off", cpu) == (None, False)
+    assert precision_setup("bf16", cpu) == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        precision_setup("fp16", cpu)
+    assert resolve_precision(torch.bfloat16) == "bf16" and resolve_precision(None) == "fp32"
+    with pytest.warns(DeprecationWarning, match="'amp' setting is now 'precision'"):
+        prof = get_profile("tiny").replace(amp="bf16")
+    assert prof.precision == "bf16"

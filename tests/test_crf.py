@@ -53,7 +53,7 @@ def _need_crf():
 # ---------------------------------------------------------------------------------- presets
 def test_presets_hold_the_reference_values():
     lab, psa, dl = CRF_PRESETS["label"], CRF_PRESETS["psa"], CRF_PRESETS["deeplab"]
-    # REFERENCE.md §7.3, crf_inference_label
+    # docs/reference.md §7.3, crf_inference_label
     assert (lab.unary, lab.gt_prob, lab.zero_unsure) == ("labels", 0.7, False)
     assert (lab.gaussian_sxy, lab.gaussian_compat) == (3, 3)
     assert (lab.bilateral_sxy, lab.bilateral_srgb, lab.bilateral_compat, lab.iterations) == (50, 5, 10, 10)

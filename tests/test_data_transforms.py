@@ -1,4 +1,4 @@
-"""Training augmentations (REFERENCE.md §4) and inference normalisation: alignment of image and
+"""Training augmentations (docs/reference.md §4) and inference normalisation: alignment of image and
 mask, padding values, reproducibility (also across DataLoader workers)."""
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def _run(out, cfg, stage, stop_after=None, seed=0):
 
 def test_stop_and_resume_equal_an_uninterrupted_run_with_stage_hooks(tmp_path):
     cfg = LoopConfig(epochs=3, batch_size=4, lr=0.05, optimizer="sgd", momentum=0.9, lr_schedule="poly",
-                     amp="off", num_workers=0, checkpoint_minutes=None)
+                     precision="fp32", num_workers=0, checkpoint_minutes=None)
     seen = {}
 
     def stage(settings):

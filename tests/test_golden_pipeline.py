@@ -33,17 +33,21 @@ def _golden_model(which):
     return model.eval()
 
 
-@pytest.fixture(scope="module", params=["cond", "spec"])
+@pytest.fixture(scope="module", params=[(w, a) for w in ("cond", "spec") for a in ("explicit", "sdpa")],
+                ids=lambda p: "-".join(p))
 def golden_run(request):
-    which = request.param
+    """``explicit``: the attention maps (the authors' algorithm, summed on the fly);
+    ``sdpa``: Eq. 5 as a fused attention with the CAM as values (the default)."""
+    which, attention = request.param
     g = np.load(golden_path(f"golden_{'cond_' if which == 'cond' else ''}pipeline.npz"))
     from PIL import Image
 
     with Image.open(shared_path(*PHOTO)) as im:
         img = im.convert("RGB")
     model = _golden_model(which)
-    sum_cam, classes, passes = multiscale_sum(model, img, g["label_vector"], scales=SCALES, return_passes=True)
-    cams, classes2 = multiscale_cam(model, np.asarray(img), g["label_vector"], scales=SCALES)
+    sum_cam, classes, passes = multiscale_sum(model, img, g["label_vector"], scales=SCALES, return_passes=True,
+                                              attention=attention)
+    cams, classes2 = multiscale_cam(model, np.asarray(img), g["label_vector"], scales=SCALES, attention=attention)
     return which, g, img, sum_cam.numpy(), classes, passes, cams, classes2
 
 
@@ -100,14 +104,15 @@ def test_label_maps_and_miou(golden_run):
 
 
 def test_bf16_autocast_stays_close_on_cond():
-    """bf16 autocast (network only; refinement and fusion in float32) on the cond golden model."""
+    """precision="bf16" (autocast, channels_last; refinement sums and fusion in float32) on the cond
+    golden model, with the default fused (SDPA) refinement."""
     from PIL import Image
 
     g = np.load(golden_path("golden_cond_pipeline.npz"))
     with Image.open(shared_path(*PHOTO)) as im:
         img = im.convert("RGB")
     model = _golden_model("cond")
-    s16, classes = multiscale_sum(model, img, g["label_vector"], scales=SCALES, amp_dtype=torch.bfloat16)
+    s16, classes = multiscale_sum(model, img, g["label_vector"], scales=SCALES, precision="bf16")
     ref = g["sum_cam_present"]
     assert s16.dtype == torch.float32
     assert np.abs(s16.numpy() - ref).max() <= 2e-2 * np.abs(ref).max()  # measured 4e-3

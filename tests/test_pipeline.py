@@ -1,4 +1,4 @@
-"""The whole pipeline (issue 6) on a miniature synthetic benchmark: every stage runs, summary.json
+"""The whole pipeline on a miniature synthetic benchmark: every stage runs, summary.json
 holds every stage's mIoU in percent, an interrupted run resumes and ends with the outputs of an
 uninterrupted one, shards split the per-image stages, and the command line drives it.
 

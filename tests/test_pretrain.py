@@ -1,4 +1,4 @@
-"""Issue 8: the pretext generator, the pretraining stage and the shipped tiny weights."""
+"""The pretext generator, the pretraining stage and the shipped tiny weights."""
 import json
 import math
 
@@ -232,12 +232,12 @@ def test_tiny_profile_starts_from_the_shipped_weights():
 
     prof = get_profile("tiny")
     assert prof.init_checkpoint == PACKAGE_PREFIX + "tiny_pretrained.pt", (
-        "issue 8: the tiny profile must fine-tune from the shipped pretrained weights; set "
+        "the tiny profile must fine-tune from the shipped pretrained weights; set "
         "init_checkpoint='package:tiny_pretrained.pt' in transcam_nb/config.py (SETTINGS['tiny'])")
     assert resolve_checkpoint(prof.init_checkpoint) == WEIGHTS_DIR / "tiny_pretrained.pt"
 
 
-# ------------------------------------------------------------------------------ attention grouping (issue 11)
+# ----------------------------------------------------------------------------------------- attention grouping
 def test_group_loss_hand_made():
     from transcam_nb.pretrain import group_loss
 
@@ -278,7 +278,7 @@ def test_grouped_pretraining_runs_and_reports_the_mass(tmp_path):
 
 
 def test_shipped_grouped_weights_are_current():
-    """issue 11: tiny_pretrained_grouped.pt continues tiny_pretrained.pt with the grouping loss; its
+    """tiny_pretrained_grouped.pt continues tiny_pretrained.pt with the grouping loss; its
     manifest must match today's config (same overrides), the shipped start and the file."""
     from transcam_nb.pretrain import file_sha256
 

@@ -149,6 +149,8 @@ def test_resolve_blocks_presets():
     assert resolve_blocks("0,3,11") == [0, 3, 11]
     assert resolve_blocks("6-8,11") == [6, 7, 8, 11]
     assert resolve_blocks("AS", depth=4) == [0, 1]
+    assert resolve_blocks("last8") == list(range(4, 12))
+    assert resolve_blocks("last8", depth=6) == list(range(6))
     with pytest.raises(ValueError, match="out of range"):
         resolve_blocks([12])
     with pytest.raises(ValueError, match="not understood"):
@@ -294,7 +296,7 @@ def test_golden_detects_the_wrong_orientation():
     assert np.abs(wrong - ref).max() > 1e-2 * np.abs(ref).max()
 
 
-# ------------------------------------------------------------------ CLIP-ES-style affinity (issue 11)
+# ----------------------------------------------------------------------------- CLIP-ES-style affinity
 def test_cam_box_mask_hand_made():
     from transcam_nb.refine import cam_box_mask
 
@@ -345,3 +347,29 @@ def test_affinity_with_every_ingredient_off_is_eq5_mean():
     # default blocks: the last 8 (here all 4)
     r8 = affinity_refine(cam, attn, relu_cam=False, box_mask=False, sinkhorn=False)
     torch.testing.assert_close(r8, refine_cam(cam, attn, "transcam", blocks="AA", reduce="mean"))
+
+
+def test_affinity_variants_are_registered_with_their_ablation():
+    """The CLIP-ES-style variant is in the one variants table; its ingredient ablation is
+    selectable by name, and each entry runs the switches it names."""
+    from transcam_nb.refine import ABLATION_VARIANTS, VARIANTS, get_refinement, select_variants
+
+    assert VARIANTS["Affinity (CLIP-ES-style)"] == ("affinity", "last8")
+    assert set(select_variants(["affinity", *ABLATION_VARIANTS])) == {"Affinity (CLIP-ES-style)", *ABLATION_VARIANTS}
+    torch.manual_seed(0)
+    cam = torch.randn(2, 3, 4, 5)
+    attn = torch.softmax(torch.randn(12, 2, 21, 21), -1)
+
+    class _Att:
+        def per_block(self):
+            return attn
+
+    from transcam_nb.refine import affinity_refine
+
+    for name, (method, blocks) in ABLATION_VARIANTS.items():
+        fn = get_refinement(method).fn
+        b = resolve_blocks(blocks, 12)
+        switches = {"affinity_relu": dict(box_mask=False, sinkhorn=False),
+                    "affinity_box": dict(relu_cam=False, sinkhorn=False),
+                    "affinity_sinkhorn": dict(box_mask=False)}[method]
+        torch.testing.assert_close(fn(cam, _Att(), b), affinity_refine(cam, attn, blocks=b, **switches), msg=name)

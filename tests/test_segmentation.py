@@ -1,4 +1,4 @@
-"""Tests of the DeepLab stage (transcam_nb.segmentation, REFERENCE.md §8). Tiny and CPU-only."""
+"""Tests of the DeepLab stage (transcam_nb.segmentation, docs/reference.md §8). Tiny and CPU-only."""
 import json
 import math
 import tarfile
@@ -44,7 +44,7 @@ def test_deeplab_shapes_non_square(head):
     torch.manual_seed(0)
     m = DeepLab("resnet18", head=head, num_classes=21)
     m.train()
-    # frozen backbone BN stays in eval mode in train(), head BN trains (REFERENCE §8)
+    # frozen backbone BN stays in eval mode in train(), head BN trains (docs/reference.md §8)
     assert all(not b.training for b in m.backbone.modules() if isinstance(b, nn.BatchNorm2d))
     assert all(b.training for b in m.head.modules() if isinstance(b, nn.BatchNorm2d))
     for h, w in [(65, 97), (64, 96)]:
@@ -244,7 +244,7 @@ def test_config_validation():
         get_seg_config("tiny", head="aspp", batch=1).validate()
     with pytest.raises(TypeError, match="nonsense"):
         get_seg_config("paper", nonsense=1)
-    paper = get_seg_config("paper")  # REFERENCE.md §8 values
+    paper = get_seg_config("paper")  # docs/reference.md §8 values
     assert (paper.lr, paper.momentum, paper.weight_decay, paper.poly_power) == (1e-3, 0.9, 5e-4, 0.9)
     assert (paper.batch, paper.iters, paper.crop, paper.scale, paper.hsv_jitter) == (10, 20000, 448, (0.5, 1.5), 10)
     assert paper.test_scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) and paper.freeze_bn

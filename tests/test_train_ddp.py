@@ -1,5 +1,5 @@
 """Two-process DDP training under torchrun (gloo on CPU): both ranks train, rank 0 alone writes,
-and the parameters stay identical across ranks (issue 5, §3)."""
+and the parameters stay identical across ranks."""
 from __future__ import annotations
 
 import json

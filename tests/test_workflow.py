@@ -37,7 +37,7 @@ def test_multiscale_variants_equal_multiscale_cam(model):
 
 
 def test_setup_silences_the_package_log_for_the_book(capsys):
-    """The book's Setup cell keeps [cached]/[compute] chatter out of the outputs (issue 14)."""
+    """The book's Setup cell keeps [cached]/[compute] chatter out of the outputs."""
     import logging
 
     from transcam_nb import workflow

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 from .artifacts import config_hash
+from .errors import InputError
 
 __all__ = [
     "RUN_ONLY_FIELDS", "Settings", "OverrideError", "parse_value", "parse_overrides",
@@ -49,6 +50,7 @@ __all__ = [
     "Profile", "PipelineConfig", "AffinityConfig", "SegConfig", "PretrainConfig",
     "ProfileSettings", "SETTINGS", "PROFILES", "AFFINITY_PRESETS", "SEG_PRESETS",
     "get_settings", "get_profile", "get_affinity_preset", "get_seg_config", "pipeline_defaults",
+    "PATH_VARIABLES", "paths_from_environment",
 ]
 
 #: fields that change how a run goes (where, how fast, how often it saves or logs) but not
@@ -73,7 +75,7 @@ TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 TINY_MODEL = dict(embed_dim=96, num_heads=3, channel_ratio=0.5, depth=12)
 
 
-class OverrideError(ValueError):
+class OverrideError(InputError):
     """A ``key=value`` override that names no field or holds a value of the wrong type."""
 
 
@@ -87,6 +89,12 @@ class Settings:
         return [f.name for f in dataclasses.fields(cls)]
 
     def replace(self, **changes):
+        if "amp" in changes and "amp" not in self.field_names() and "precision" in self.field_names():
+            import warnings
+
+            warnings.warn("the 'amp' setting is now 'precision' (auto | fp32 | bf16 | fp16)", DeprecationWarning,
+                          stacklevel=2)
+            changes["precision"] = changes.pop("amp")
         unknown = set(changes) - set(self.field_names())
         if unknown:
             raise TypeError(f"unknown {self._what} field(s) {sorted(unknown)}; known fields: "
@@ -207,12 +215,15 @@ class Profile(Settings):
     max_steps: int | None = None  # step budget; None = epochs × (len(train set) // batch_size)
     lr_schedule: str = "constant"  # "constant" (the reference) | "cosine" (linear warm-up, cosine to 0)
     warmup_frac: float = 0.0  # fraction of the steps spent in the linear warm-up (cosine only)
-    trans_lr_mult: float = 1.0  # lr multiplier of the transformer branch while fine-tuning (0 = frozen; issue 11)
+    trans_lr_mult: float = 1.0  # lr multiplier of the transformer branch while fine-tuning (0 = frozen)
     no_decay_norm_bias: bool = False  # True: no weight decay on norms, biases, cls_token (reference: one group)
     jitter: tuple | None = (0.3, 0.3, 0.3, 0.1)  # ColorJitter (brightness, contrast, saturation, hue)
     per_device_batch: bool = False  # False: batch_size is the global batch, split over DDP processes
     grad_clip: float | None = None  # max gradient norm (None: no clipping, as the reference)
-    amp: str = "auto"  # "auto" (bf16 / fp16+scaler on CUDA, off elsewhere) | "bf16" | "fp16" | "off"
+    # training precision: "auto" = bf16 (or fp16 + scaler) on CUDA, fp32 on CPU (measured: no CPU
+    # default was faster); "fp32" = the authors' exact numerics; "bf16"; "fp16" (CUDA). CAM inference
+    # (cams stage, multiscale_cam) runs in fp32 unless asked (precision= / --precision).
+    precision: str = "auto"
     compile: bool = False  # torch.compile the network
     channels_last: bool = False  # channels_last memory format for the CNN branch
     checkpoint_minutes: float | None = 10.0  # also checkpoint every N minutes (besides every epoch)
@@ -406,7 +417,7 @@ class PretrainConfig(Settings):
     part_prob: float = 0.5
     min_fraction: float = 0.02
     dense_weight: float = 1.0
-    # attention grouping (issue 11): a loss on the deep blocks' head-mean attention (transcam_nb.pretrain)
+    # attention grouping: a loss on the deep blocks' head-mean attention (transcam_nb.pretrain)
     group_weight: float = 0.0  # 0 = off (the shipped tiny_pretrained.pt)
     group_loss: str = "mass"  # "mass": -log(attention mass on same-class tokens); "ce": CE to the same-class indicator
     group_blocks: tuple = (4, 5, 6, 7, 8, 9, 10, 11)  # 0-based block indices (blocks 5-12)
@@ -527,7 +538,7 @@ def get_settings(name: str | None = None) -> ProfileSettings:
     """The record of a profile name (default: ``$TRANSCAM_PROFILE`` or ``"tiny"``)."""
     name = name or os.environ.get("TRANSCAM_PROFILE", "tiny")
     if name not in SETTINGS:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(SETTINGS)}")
+        raise InputError(f"unknown profile {name!r}; choose one of {sorted(SETTINGS)}")
     return SETTINGS[name]
 
 
@@ -535,6 +546,22 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     """Return the named profile (default: ``$TRANSCAM_PROFILE`` or ``"tiny"``) with overrides."""
     prof = get_settings(name).classifier
     return prof.replace(**overrides) if overrides else prof
+
+
+#: the paper profile's paths that the environment may give: profile field -> variable. The
+#: book's Setup cell and the command line read them; a command-line flag (``--data-root``,
+#: ``--sbd-root``, ``--init``) or an explicit override wins over the variable.
+PATH_VARIABLES = {"data_root": "TRANSCAM_VOC_ROOT", "sbd_root": "TRANSCAM_SBD_ROOT",
+                  "init_checkpoint": "TRANSCAM_INIT"}
+
+
+def paths_from_environment(profile: str, env=None) -> dict:
+    """``{field: path}`` of :data:`PATH_VARIABLES` that are set, for the paper profile (the tiny
+    profile ignores them: it generates its benchmark and ships its initial weights)."""
+    env = os.environ if env is None else env
+    if profile != "paper":
+        return {}
+    return {k: env[v] for k, v in PATH_VARIABLES.items() if env.get(v)}
 
 
 def get_affinity_preset(name: str = "paper", **overrides) -> AffinityConfig:

@@ -1,4 +1,4 @@
-"""Diagnostics for issue 8: is the attention affinity-like, and does the CAM under-cover?
+"""Diagnostics: is the attention affinity-like, and does the CAM under-cover?
 
 TransCAM (Eq. 5, ``M* = A* · M``) helps only if a token's attention row stays mostly on
 tokens of *its own* object (an object query gathers its object's scores) and a background
@@ -17,7 +17,7 @@ Attention diagnostic (per block ``l`` and for the sum over blocks, Eq. 3)
     dataset, per block, for object queries (``obj_to_own``) and background queries
     (``bg_to_bg``), and the same with uniform attention (``a_j`` constant) as a baseline.
     Affinity-like attention has ``obj_to_own`` well above and ``bg_to_bg`` at or above its
-    uniform baseline; the from-scratch failure of TINY-FINDINGS is ``bg_to_bg`` far *below*
+    uniform baseline; the from-scratch failure recorded in docs/tiny-findings.md (part 1) is ``bg_to_bg`` far *below*
     uniform in deep blocks (background looks at the objects, and ``A @ CAM`` paints it).
 
 CAM coverage / precision at a threshold ``t`` (normalised maps, as the pseudo labels see them)
@@ -28,10 +28,10 @@ CAM coverage / precision at a threshold ``t`` (normalised maps, as the pseudo la
     pixels of that class. Low coverage with high precision = the partial activation TransCAM
     addresses; high coverage with low precision = over-spreading.
 
-:func:`evaluate_refinements` runs the whole comparison of issue 8 in one pass per image:
+:func:`evaluate_refinements` runs the whole comparison in one pass per image:
 one forward per scale and flip (with every block's attention), then each variant (CAM,
 TransCAM, AS, AD, ClsAttn, AttnAgg, rollout) is refined, fused over scales and flips and
-normalised exactly as :mod:`transcam_nb.cam` does (REFERENCE.md §3), and scored with the
+normalised exactly as :mod:`transcam_nb.cam` does (docs/reference.md §3), and scored with the
 τ sweep of :mod:`transcam_nb.metrics`, a fixed τ, coverage/precision and the attention
 diagnostic.
 """
@@ -45,7 +45,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import InputError
 from .metrics import DEFAULT_THRESHOLDS
+from .refine import VARIANT_ALIASES
+from .refine import VARIANTS as _REFINE_VARIANTS
 
 __all__ = [
     "VARIANTS",
@@ -57,16 +60,9 @@ __all__ = [
     "evaluate_refinements",
 ]
 
-#: issue-8 variants: name -> (refine method, blocks)
-VARIANTS: dict[str, tuple[str, str]] = {
-    "cam": ("none", "AA"),
-    "transcam": ("transcam", "AA"),
-    "AS": ("transcam", "AS"),
-    "AD": ("transcam", "AD"),
-    "clsattn": ("clsattn", "AA"),
-    "attnagg": ("attnagg", "AA"),
-    "rollout": ("rollout", "AA"),
-}
+#: the refinement variants by their short names: a view of the one table,
+#: :data:`transcam_nb.refine.VARIANTS` (short name -> (refine method, blocks))
+VARIANTS: dict[str, tuple[str, object]] = {k: _REFINE_VARIANTS[v] for k, v in VARIANT_ALIASES.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -276,96 +272,68 @@ def evaluate_refinements(
     fixed_taus: Sequence[float] = (0.25, 0.3),
     coverage_threshold: float = 0.3,
     limit: int | None = None,
+    start: int = 0,
     device=None,
     progress: bool = True,
-    extra: dict | None = None,
-    start: int = 0,
 ) -> dict:
     """Score every refinement variant of a trained WSSS classifier on ``root``/``split``.
 
     ``start``: skip the first images of the split (e.g. choose settings on train images the
-    pseudo-label targets do not score). ``extra``: more variants, ``{name: fn(cam [B,C,h,w], attn [L,B,N,N]) -> refined}`` (e.g.
-    :func:`transcam_nb.refine.affinity_refine` with its ablation switches), scored like the rest.
+    pseudo-label targets do not score); ``limit``: how many images from there.
 
-    Per image and scale (square resize, as the authors), the original and its flip go through
-    the network once with every block's attention; each variant of :data:`VARIANTS` is
-    refined (:func:`transcam_nb.refine.refine_cam`), its present-class channels upsampled
-    to the image, multiplied by the image label, flipped back and summed over passes, then
-    ReLU + min-max normalised (:func:`transcam_nb.cam.normalize_cam`): the procedure of
-    :func:`transcam_nb.cam.multiscale_cam`, sharing the forward passes between variants.
-    The attention diagnostic uses the pass at the image's own size (else the first scale).
+    Per image, :func:`transcam_nb.cam.multiscale_variants` runs the original and its flip once
+    per scale (square resize, as the authors) with every block's attention kept and refines,
+    fuses and normalises each variant exactly as :func:`transcam_nb.cam.multiscale_cam` does
+    (``variants``: short names of :data:`VARIANTS` or display names of
+    :data:`transcam_nb.refine.VARIANTS`; results are keyed by the names given). The attention
+    diagnostic uses the pass at the image's own size (else the last scale).
 
     Returns a dict: per variant ``best_miou``, ``best_tau``, ``miou_at`` (fixed τs),
     ``curve``, coverage/precision; plus ``attention`` and run facts.
     """
-    import torch
-    import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    from .cam import normalize_cam, preprocess, scaled_size
+    from .cam import multiscale_variants
     from .data.synthetic import instance_masks, load_instances
     from .data.voc import load_mask
     from .metrics import ThresholdSweep, sweep_summary
-    from .refine import refine_cam
+    from .refine import select_variants
 
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
-    fns = {v: (lambda c, a, m=VARIANTS[v][0], b=VARIANTS[v][1]: refine_cam(c, a if m != "none" else None, m, blocks=b))
-           for v in variants}
-    fns.update(extra or {})
-    variants = list(fns)
+    try:
+        table = {v: next(iter(select_variants([v]).values())) for v in variants}
+    except ValueError as e:
+        raise InputError(f"{e} (--variants)") from None
     thr = sorted(set([round(float(t), 6) for t in thresholds] + [round(float(t), 6) for t in fixed_taus]))
     ds = _dataset(root, split)
     inst = load_instances(ds.root)
     K = len(ds.class_names)
-    device = device or next(model.parameters()).device
+    if not 0 <= start < len(ds):
+        raise ValueError(f"start={start} is outside the split's {len(ds)} images")
     n = len(ds) - start if limit is None else min(limit, len(ds) - start)
     sweeps = {v: ThresholdSweep(thr, num_classes=K + 1) for v in variants}
     covs = {v: CoveragePrecision(coverage_threshold) for v in variants}
     diag = AttentionDiagnostic(len(model.blocks))
     t0 = time.perf_counter()
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for i in tqdm(range(start, start + n), desc="evaluate variants", disable=not progress, dynamic_ncols=True):
-                s = ds[i]
-                H, W = s.image.shape[:2]
-                classes = np.flatnonzero(s.label > 1e-5)
-                chan = torch.from_numpy(classes + 1)
-                wts = torch.from_numpy(s.label[classes].astype(np.float32))
-                sums = {v: torch.zeros((classes.size, H, W)) for v in variants}
-                diag_done = False
-                for si, sc in enumerate(scales):
-                    h, w = scaled_size((H, W), sc, square=True, patch=model.patch_size)
-                    x = torch.from_numpy(preprocess(s.image, (h, w)))[None]
-                    if flip:
-                        x = torch.cat([x, x.flip(-1)])
-                    out = model(x.to(device), return_attn=True)
-                    cam = out.cam.float().cpu()
-                    attn = out.attn.float().cpu()  # [L, B, N, N]
-                    if not diag_done and ((h, w) == (H, W) or si == len(scales) - 1):
-                        objm = load_mask(ds.root / "SegmentationObject" / f"{s.id}.png")
-                        mem = token_membership(objm, len(inst[s.id]["objects"]),
-                                               (h // model.patch_size, w // model.patch_size))
-                        diag.update(attn[:, 0].numpy(), mem)
-                        diag_done = True
-                    for v in variants:
-                        r = fns[v](cam, attn)
-                        m = F.interpolate(r[:, chan], size=(H, W), mode="bilinear", align_corners=False)
-                        m = m * wts[None, :, None, None]
-                        sums[v] += m[0]
-                        if flip:
-                            sums[v] += m[1].flip(-1)
-                gt = s.mask
-                objects = instance_masks(ds.root, s.id, inst)
-                for v in variants:
-                    cams = normalize_cam(sums[v]).numpy()
-                    sweeps[v].update(cams, classes, gt)
-                    covs[v].update(cams, classes, gt, objects)
-    finally:
-        model.train(was)
+    for i in tqdm(range(start, start + n), desc="evaluate variants", disable=not progress, dynamic_ncols=True):
+        s = ds[i]
+        H, W = s.image.shape[:2]
+        done = []
+
+        def diagnose(p, s=s, H=H, W=W, done=done):
+            if done or not (p.size_hw == (H, W) or p.index == len(scales) - 1) or p.flipped[0]:
+                return
+            h, w = p.size_hw
+            objm = load_mask(ds.root / "SegmentationObject" / f"{s.id}.png")
+            mem = token_membership(objm, len(inst[s.id]["objects"]), (h // model.patch_size, w // model.patch_size))
+            diag.update(p.out.attn[:, 0].float().cpu().numpy(), mem)
+            done.append(True)
+
+        res = multiscale_variants(model, s.image, s.label, variants=table, scales=scales, flip=flip, square=True,
+                                  device=device, return_attn=True, on_pass=diagnose)
+        objects = instance_masks(ds.root, s.id, inst)
+        for v, (cams, classes) in res.items():
+            sweeps[v].update(cams, classes, s.mask)
+            covs[v].update(cams, classes, s.mask, objects)
     res = {"images": n, "start": start, "split": split, "scales": list(scales), "flip": flip, "seconds": round(time.perf_counter() - t0, 1),
            "attention": diag.result(), "variants": {}}
     for v in variants:
@@ -415,14 +383,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_cli(args) -> int:
     """Evaluate a trained classifier (every variant + the attention diagnostic), or with
     ``--attention-only`` any checkpoint of the profile's network (e.g. a pretext checkpoint)."""
-    from .cli.common import parse_floats, profile_from_args
+    from .cli.common import UsageError, one_line, parse_floats, profile_from_args
     from .device import get_device, set_threads
     from .models import create_model, load_checkpoint
-    from .models.checkpoints import read_state_dict
+    from .models.checkpoints import CheckpointError, read_state_dict
 
     prof = profile_from_args(args, data_root=False)
     set_threads(prof.threads)
-    sd = read_state_dict(args.checkpoint)
+    try:
+        sd = read_state_dict(args.checkpoint)
+    except CheckpointError as e:
+        raise UsageError(f"--checkpoint: {one_line(e)}") from None
     n_out = int(sd["trans_cls_head.weight"].shape[0]) if "trans_cls_head.weight" in sd else prof.num_fg + 1
     kw = dict(prof.model_overrides)
     kw["drop_path_rate"] = 0.0

@@ -1,6 +1,6 @@
 """Segmentation metrics: confusion matrix, IoU / mIoU, per-class tables, the τ sweep.
 
-The metric is the one of the authors' ``evaluation.py`` (REFERENCE.md §5):
+The metric is the one of the authors' ``evaluation.py`` (docs/reference.md §5):
 
 * pixels whose ground truth is ``ignore_index`` (255) are skipped;
 * per class ``c``, the predicted (``P``), true (``T``) and true-positive (``TP``) pixel counts
@@ -16,7 +16,7 @@ pixels as "unsure") are not a prediction of any class: they count in ``T`` of th
 and nowhere else, as in the reference formula.
 
 The background threshold τ (paper Eq. 7) is chosen by the authors with a sweep over
-``0.00, 0.01, …, 0.59`` that reads the ground truth (REFERENCE.md §5). That flatters the
+``0.00, 0.01, …, 0.59`` that reads the ground truth (docs/reference.md §5). That flatters the
 number; :class:`ThresholdSweep` returns the whole curve and the best τ, and
 :func:`evaluate_labels` / a sweep's :meth:`SweepResult.at` give the mIoU at a τ fixed in
 advance. Report both.
@@ -65,7 +65,7 @@ def _to_numpy(x, name: str) -> np.ndarray:
 
 
 class ConfusionMatrix:
-    """Dataset-level confusion counts for ``num_classes`` classes (REFERENCE.md §5).
+    """Dataset-level confusion counts for ``num_classes`` classes (docs/reference.md §5).
 
     ``mat[t, p]`` counts pixels of true class ``t`` predicted as ``p``; an extra last column
     counts pixels whose prediction is outside ``[0, num_classes)``. Use :meth:`update` once per

@@ -2,7 +2,7 @@
 
 The paper fine-tunes a Conformer-S whose weights come from ImageNet classification; the tiny
 profile cannot download them, and a tiny Conformer trained from scratch on the WSSS task
-does not have the affinity-like attention that TransCAM relies on (TINY-FINDINGS part 1:
+does not have the affinity-like attention that TransCAM relies on (docs/tiny-findings.md part 1:
 TransCAM 16-27 points *below* CAM). This stage pretrains the tiny Conformer (the same class,
 the same widths as the tiny profile, another number of outputs) on formula-driven texture
 scenes (:mod:`transcam_nb.data.pretext`): no natural image, no WSSS image, no WSSS mask.
@@ -22,7 +22,7 @@ Objective (per batch of scenes)::
   ``token_head``: a linear layer on the final normalised patch tokens of the transformer
   branch (not part of the shipped weights).
 
-Attention grouping (``group_weight > 0``, issue 11): with ``A`` the head-mean attention of
+Attention grouping (``group_weight > 0``): with ``A`` the head-mean attention of
 the blocks ``group_blocks`` averaged over those blocks, patch-to-patch part (rows not
 re-normalised), and ``S_ij = 1`` when tokens ``i`` and ``j`` have the same majority pretext
 class, the extra term is ``group_weight ·`` either
@@ -35,10 +35,10 @@ It makes deep attention rows stay inside a region: the property TransCAM's Eq. 5
 that ImageNet pretraining gives Conformer-S. ``init`` continues from shipped weights (the
 grouped weights continue ``tiny_pretrained.pt`` with another pretext stream, ``seed=1``).
 
-``dense_weight = 0`` is the multi-label texture pretext of TINY-FINDINGS part 2 ("tex").
+``dense_weight = 0`` is the multi-label texture pretext of docs/tiny-findings.md part 2 ("tex").
 The dense term asks every token to carry the class of its region, so tokens of one region
 (and the two parts of one thing) become alike: the feature affinity the paper attributes
-to ImageNet pretraining. Which of the two is used is chosen by measurement (issue 8 note).
+to ImageNet pretraining. Which of the two is used is chosen by measurement.
 
 Schedule: AdamW (no weight decay on norms, biases and the class token), linear warm-up then
 cosine to 0 over a fixed number of **steps** (step-based, so CPU contention does not change
@@ -56,8 +56,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import shutil
 import sys
 import time
@@ -381,7 +379,7 @@ def pretrain(cfg: PretrainConfig, out_dir, *, command: str | None = None, progre
     loss_fn = make_loss(cfg, net.token_head, net.backbone.patch_size, parts)
     loop = LoopConfig(max_steps=cfg.steps, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
                       weight_decay=cfg.weight_decay, no_decay_norm_bias=True, lr_schedule="cosine",
-                      warmup_frac=cfg.warmup_frac, amp="auto", num_workers=0, seed=cfg.seed,
+                      warmup_frac=cfg.warmup_frac, precision="auto", num_workers=0, seed=cfg.seed,
                       checkpoint_minutes=5.0, checkpoint_every_steps=cfg.save_every, log_every=cfg.log_every)
     t0 = time.perf_counter()
     stopped = {"step": None}
@@ -446,7 +444,7 @@ def weights_dir() -> Path:
 
 def ship(run_dir, profile: str = "tiny", dest: Path | None = None, name: str | None = None) -> tuple[Path, Path]:
     """Copy a finished run's weights and manifest into the package as ``<name>.{pt,json}``
-    (default name ``<profile>_pretrained``; e.g. ``tiny_pretrained_grouped`` for issue 11's)."""
+    (default name ``<profile>_pretrained``; e.g. ``tiny_pretrained_grouped``, the attention-grouping pretext)."""
     run_dir = Path(run_dir)
     man = json.loads((run_dir / "manifest.json").read_text())
     src = run_dir / man["weights_file"]

@@ -1,7 +1,7 @@
 """Pseudo labels from normalised CAMs (paper Eq. 7-8) and their files.
 
 **Eq. 7** gives the background a constant score τ; **Eq. 8** takes the arg-max over
-``[τ, M*_1, …, M*_K]``. As in the authors' code (REFERENCE.md §3, §5), the score tensor is
+``[τ, M*_1, …, M*_K]``. As in the authors' code (docs/reference.md §3, §5), the score tensor is
 float32 with τ in channel 0 and the normalised CAM of class ``k`` (0-based) in channel
 ``k + 1``; classes that are not in the image label have no CAM and score 0, so they lose to
 background at any τ ≥ 0. Ties go to the lower channel (numpy's first arg-max), so a pixel whose

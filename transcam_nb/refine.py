@@ -1,24 +1,12 @@
-"""Attention maps and CAM refinement (paper Eq. 2-5, 9-11; REFERENCE.md §2.6 and §10).
+"""CAM refinement with transformer attention (paper Eq. 5, 9-11; docs/reference.md §2.6 and §10).
 
-The pieces, in the paper's notation:
+The pieces, in the paper's notation (Eq. 2-4, the block-aggregated attention map ``A*``, are in
+:mod:`transcam_nb.attention` and re-exported here):
 
-* **Eq. 2** ``A^l = softmax(QK^T / sqrt(D/S))`` is computed by the model, one map per head;
-  :func:`head_mean` averages it over the S heads.
-* **Eq. 3** averages the head-mean maps over the transformer blocks. Which blocks is a choice
-  (paper Table 3): ``"AA"`` all 12, ``"AS"`` the first (shallow) half, ``"AD"`` the second
-  (deep) half, or any list of block indices (:func:`resolve_blocks`).
-
-  *Code vs paper.* The authors' code **sums** over the blocks instead of averaging
-  (REFERENCE.md §10). That is ``len(blocks)`` times the average: a positive scale, which does
-  not change anything after the ReLU and the per-class min-max normalisation that follow, so
-  both give the same pseudo labels. :func:`attention_map` sums by default (``reduce="sum"``,
-  the authors' numbers) and averages with ``reduce="mean"`` (the paper's text).
-* **Eq. 4** drops the class-token row and column, leaving the patch-to-patch block ``A*``
-  (``N-1`` x ``N-1``). As in the code, the rows of ``A*`` are **not** re-normalised.
 * **Eq. 5** ``M*_c = Γ(A* · Γ(M_c))``: every location gathers the class scores of the
   locations it attends to, using its own attention row: ``refined = A* @ cam`` with rows as
   queries (:func:`refine_cam` with ``method="transcam"``). The CAM that goes in is the *raw*
-  3x3-conv class map, with no ReLU and no normalisation (REFERENCE.md §2.6); ReLU and
+  3x3-conv class map, with no ReLU and no normalisation (docs/reference.md §2.6); ReLU and
   normalisation are applied later, after the multi-scale fusion (:mod:`transcam_nb.cam`).
 * **Eq. 9-10** ``clsattn`` (TS-CAM style coupling): the class token's attention to the patches
   (row 0, columns 1:, of the block-aggregated map), reshaped to the grid and multiplied
@@ -32,15 +20,44 @@ The pieces, in the paper's notation:
 
 Everything is batched, works on any device, and takes non-square token grids (the grid shape
 is read from the CAM, never from ``sqrt(N)`` as in the authors' code).
+
+**Eq. 5 without an N×N matrix** (:func:`refine_cam_sdpa`). ``A* · CAM = Σ_l mean_h
+softmax(Q_lh K_lhᵀ / √d)[1:, 1:] · CAM`` is itself an attention with the CAM as the values:
+give the class token a zero value row (that drops column 0), slice row 0 off the output, and
+call :func:`torch.nn.functional.scaled_dot_product_attention` per block on the queries and keys
+the model kept (``model(x, keep_qk=blocks)``). No attention matrix is stored; the fused kernel
+does the work. ``clsattn`` needs only the class token's query row, an ``N``-vector per head.
+
+**The refinement registry.** :data:`REFINEMENTS` maps each method name to a
+:class:`Refinement`: what the forward pass must keep (``needs``) and the function that turns a
+raw CAM plus that attention into the refined map, with an optional ``fused`` implementation
+that needs only queries and keys. :func:`forward_request` turns a list of ``(method, blocks)``
+into the model's keyword arguments, and :class:`PassAttention` hands each function what it
+asked for. :mod:`transcam_nb.cam` knows nothing about individual methods. A new refinement is
+one function plus one :func:`register_refinement` call. :data:`VARIANTS` is the one table of
+named variants (paper Tables 2-3 plus rollout) that the book, the pipeline and the diagnostics
+share.
 """
 from __future__ import annotations
 
-import contextlib
-import re
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+
+from .attention import (  # noqa: F401 (re-exported)
+    BLOCK_PRESETS,
+    _as_tensor,
+    _float_dtype,
+    _no_autocast,
+    _per_block,
+    attention_map,
+    attention_rollout,
+    head_mean,
+    resolve_blocks,
+)
 
 __all__ = [
     "METHODS",
@@ -50,215 +67,23 @@ __all__ = [
     "attention_map",
     "attention_rollout",
     "refine_cam",
+    "refine_cam_sdpa",
     "cam_box_mask",
     "affinity_refine",
+    "Refinement",
+    "REFINEMENTS",
+    "register_refinement",
+    "ATTENTION_IMPLS",
+    "forward_request",
+    "PassAttention",
+    "VARIANTS",
+    "VARIANT_ALIASES",
+    "ABLATION_VARIANTS",
+    "select_variants",
 ]
 
-#: refinement methods understood by :func:`refine_cam`
+#: refinement methods understood by :func:`refine_cam` (the explicit, N×N implementations)
 METHODS = ("transcam", "clsattn", "attnagg", "rollout", "none")
-
-#: named block subsets of paper Table 3 (resolved against the model depth)
-BLOCK_PRESETS = {
-    "AA": "all blocks",
-    "AS": "first (shallow) half of the blocks",
-    "AD": "second (deep) half of the blocks",
-}
-
-
-def resolve_blocks(blocks: str | int | Iterable[int] | None = None, depth: int = 12) -> list[int]:
-    """Turn a block choice into a sorted list of block indices in ``[0, depth)``.
-
-    ``blocks`` may be ``None``/``"all"``/``"AA"`` (all blocks, the paper's and the code's
-    default), ``"AS"``/``"first"`` (blocks ``0 .. depth//2 - 1``), ``"AD"``/``"second"``
-    (blocks ``depth//2 .. depth-1``), a single index, a list of indices (negative indices
-    count from the end), or a string such as ``"0,3,11"`` or ``"6-11"`` (command lines).
-    """
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    if blocks is None:
-        return list(range(depth))
-    if isinstance(blocks, str):
-        key = blocks.strip()
-        low = key.lower()
-        if low in ("aa", "all"):
-            return list(range(depth))
-        if low in ("as", "first", "shallow"):
-            return list(range(depth // 2))
-        if low in ("ad", "second", "deep"):
-            return list(range(depth // 2, depth))
-        idx: list[int] = []
-        try:
-            for part in key.replace(" ", "").split(","):
-                if not part:
-                    continue
-                m = re.fullmatch(r"(\d+)-(\d+)", part)
-                if m:
-                    idx.extend(range(int(m.group(1)), int(m.group(2)) + 1))
-                else:
-                    idx.append(int(part))
-        except ValueError:
-            raise ValueError(
-                f"blocks={blocks!r} is not understood; use 'AA'/'all', 'AS'/'first', 'AD'/'second', "
-                "a list of block indices, or a string like '0,3,11' or '6-11'"
-            ) from None
-        blocks = idx
-    if isinstance(blocks, (int, np.integer)):
-        blocks = [int(blocks)]
-    out = []
-    for b in blocks:
-        b = int(b)
-        if not -depth <= b < depth:
-            raise ValueError(f"block index {b} is out of range for a model with {depth} blocks")
-        out.append(b % depth)
-    out = sorted(set(out))
-    if not out:
-        raise ValueError("blocks selects no block at all; give at least one block index")
-    return out
-
-
-def _float_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dt = torch.float32
-    for t in tensors:
-        if t.is_floating_point() and t.dtype == torch.float64:
-            dt = torch.float64
-    return dt
-
-
-def _no_autocast(device: torch.device):
-    """Refinement is a small product; keep it in full precision even under AMP."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except Exception:  # pragma: no cover - device types without autocast support
-        return contextlib.nullcontext()
-
-
-def _as_tensor(x) -> tuple[torch.Tensor, bool]:
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x)), True
-    if isinstance(x, torch.Tensor):
-        return x, False
-    raise TypeError(f"expected a torch.Tensor or numpy array, got {type(x).__name__}")
-
-
-def head_mean(attn: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 averaged over heads: ``[B, heads, N, N] -> [B, N, N]`` (or ``[L,B,H,N,N] -> [L,B,N,N]``)."""
-    if attn.dim() not in (4, 5):
-        raise ValueError(
-            f"head_mean expects per-head attention [B, heads, N, N] or [L, B, heads, N, N], got shape "
-            f"{tuple(attn.shape)}"
-        )
-    return attn.mean(dim=-3)
-
-
-def _per_block(attn) -> list[torch.Tensor] | torch.Tensor:
-    """Normalise per-block attention input to a [L, B, N, N] tensor or a list of [B, N, N]."""
-    if isinstance(attn, (list, tuple)):
-        if not attn:
-            raise ValueError("attention list is empty")
-        blocks = []
-        for i, a in enumerate(attn):
-            a, _ = _as_tensor(a)
-            if a.dim() == 4:  # [B, heads, N, N] (the authors' per-block tensors)
-                a = head_mean(a)
-            if a.dim() != 3 or a.shape[-1] != a.shape[-2]:
-                raise ValueError(
-                    f"attention of block {i} must be [B, heads, N, N] or [B, N, N], got {tuple(a.shape)}"
-                )
-            blocks.append(a)
-        return blocks
-    attn, _ = _as_tensor(attn)
-    if attn.dim() == 5:  # [L, B, heads, N, N]
-        attn = head_mean(attn)
-    if attn.dim() != 4 or attn.shape[-1] != attn.shape[-2]:
-        raise ValueError(
-            "per-block attention must be [L, B, N, N] (head-mean, as model(x, return_attn=True).attn), "
-            f"[L, B, heads, N, N], or a list of per-block tensors; got shape {tuple(attn.shape)}"
-        )
-    return attn
-
-
-def attention_map(
-    attn,
-    blocks: str | Iterable[int] | None = None,
-    *,
-    reduce: str = "sum",
-    drop_cls_token: bool = True,
-) -> torch.Tensor:
-    """The block-aggregated attention map of Eq. 3-4.
-
-    Parameters
-    ----------
-    attn
-        Per-block attention: ``[L, B, N, N]`` head-mean maps (what ``model(x,
-        return_attn=True).attn`` returns), ``[L, B, heads, N, N]`` per-head maps (averaged over
-        heads first, Eq. 2), or a list of ``L`` per-block tensors ``[B, heads, N, N]`` /
-        ``[B, N, N]``. Token 0 is the class token.
-    blocks
-        Which blocks enter Eq. 3 (see :func:`resolve_blocks`); default all.
-    reduce
-        ``"sum"`` over the chosen blocks (the authors' code, default) or ``"mean"`` (the paper's
-        text). They differ by the factor ``len(blocks)``, which the later ReLU + min-max
-        normalisation removes.
-    drop_cls_token
-        Eq. 4: drop row and column 0, returning the patch-to-patch block ``A*`` of shape
-        ``[B, N-1, N-1]``. ``False`` keeps ``[B, N, N]``.
-    """
-    if reduce not in ("sum", "mean"):
-        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    per = _per_block(attn)
-    depth = len(per)
-    idx = resolve_blocks(blocks, depth)
-    if isinstance(per, list):
-        acc = per[idx[0]].clone()
-        for i in idx[1:]:
-            acc = acc + per[i]
-    else:
-        acc = per[idx].sum(0)
-    if reduce == "mean":
-        acc = acc / len(idx)
-    if drop_cls_token:
-        acc = acc[:, 1:, 1:]
-    return acc
-
-
-def attention_rollout(
-    attn,
-    blocks: str | Iterable[int] | None = None,
-    *,
-    residual: float = 0.5,
-    drop_cls_token: bool = True,
-) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema, 2020) over the chosen blocks.
-
-    For each chosen block ``l`` (in network order) take ``Ã_l = (1-residual)·A_l + residual·I``
-    with ``A_l`` the head-mean attention, row-normalise it, and multiply:
-    ``R = Ã_last · … · Ã_first``. Row ``i`` of ``R`` says how much output token ``i`` draws on
-    each input token through the residual stream. With ``drop_cls_token`` the class-token row
-    and column are dropped afterwards (not re-normalised), as in Eq. 4.
-
-    Not in the paper; offered as an extra refinement variant (``refine_cam(...,
-    method="rollout")``). Needs the per-block maps (``model(x, return_attn=True)``), since a
-    product cannot be accumulated as a running sum.
-    """
-    if not 0.0 <= residual <= 1.0:
-        raise ValueError(f"residual must be in [0, 1], got {residual}")
-    per = _per_block(attn)
-    idx = resolve_blocks(blocks, len(per))
-    first = per[idx[0]]
-    dtype = _float_dtype(first)
-    n = first.shape[-1]
-    eye = torch.eye(n, dtype=dtype, device=first.device)
-    with _no_autocast(first.device):
-        rollout = None
-        for i in idx:
-            a = per[i].to(dtype)
-            a = (1.0 - residual) * a + residual * eye
-            a = a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-            rollout = a if rollout is None else torch.bmm(a, rollout)
-    if drop_cls_token:
-        rollout = rollout[:, 1:, 1:]
-    return rollout
-
 
 def _patch_attention(a: torch.Tensor, hw: int, method: str) -> torch.Tensor:
     """Accept ``[B, 1+hw, 1+hw]`` (class token kept) or ``[B, hw, hw]`` and return ``A*``."""
@@ -365,9 +190,124 @@ def refine_cam(
     return out.numpy() if was_np else out
 
 
-# --------------------------------------------------------------------------------------
-# CLIP-ES-style affinity refinement (issue 11; an extra variant, not in the TransCAM paper)
-# --------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------
+# Eq. 5 and Eq. 9-10 from queries and keys: no N×N matrix
+# ------------------------------------------------------------------------------------------
+def _qk_list(qk) -> list:
+    if isinstance(qk, dict):
+        qk = [qk[b] for b in sorted(qk)]
+    qk = list(qk)
+    if not qk:
+        raise ValueError("refine_cam_sdpa needs the queries and keys of at least one block")
+    return qk
+
+
+def refine_cam_sdpa(cam: torch.Tensor, qk, method: str = "transcam", *, reduce: str = "sum") -> torch.Tensor:
+    """Eq. 5 (``"transcam"``) or Eq. 9-10 (``"clsattn"``) from each block's queries and keys.
+
+    Parameters
+    ----------
+    cam
+        Raw CAM ``[B, C, h, w]``.
+    qk
+        The chosen blocks' ``(q, k, scale)`` triples (``model(x, keep_qk=blocks).qk``, a dict
+        or a sequence), ``q`` and ``k`` of shape ``[B, heads, N, d]`` with ``N = 1 + h·w``.
+    reduce
+        ``"sum"`` over the blocks (the authors' code) or ``"mean"`` (the paper's text).
+
+    For ``"transcam"`` each block contributes ``mean_h SDPA(q, k, [0; CAM])[1:]``: the
+    attention's own softmax (Eq. 2, fused, never stored) weights the CAM values; the class
+    token's zero value row drops column 0 of ``A`` and slicing drops row 0, which is Eq. 4.
+    The attention runs in the dtype of ``q`` (bf16 under a bf16 forward, with float32
+    accumulation inside the kernel); the sum over heads and blocks is float32. For
+    ``"clsattn"`` only the class token's query row is formed (``[B, heads, 1, N]``, float32).
+    Equals :func:`refine_cam` on the explicit maps within float rounding (tested).
+    """
+    if method not in ("transcam", "clsattn"):
+        raise ValueError(f"refine_cam_sdpa implements 'transcam' and 'clsattn', not {method!r}")
+    if reduce not in ("sum", "mean"):
+        raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    qk = _qk_list(qk)
+    if cam.dim() != 4:
+        raise ValueError(f"cam must be [B, C, h, w], got shape {tuple(cam.shape)}")
+    B, C, h, w = cam.shape
+    hw = h * w
+    q0 = qk[0][0]
+    if q0.dim() != 4 or q0.shape[0] != B or q0.shape[2] != hw + 1:
+        raise ValueError(
+            f"queries must be [B={B}, heads, N={hw + 1}, d] for a CAM grid of {h}x{w} (class token first); "
+            f"got {tuple(q0.shape)}"
+        )
+    heads = q0.shape[1]
+    with _no_autocast(cam.device):
+        acc = torch.zeros((B, hw, C) if method == "transcam" else (B, hw), dtype=torch.float32, device=cam.device)
+        if method == "transcam":
+            # values: [0; cam] per token, shared by the heads, in groups of d columns zero-padded to d
+            # (the fused CPU kernel needs value width == head width; other widths fall back to a ~5x
+            # slower path)
+            d = q0.shape[-1]
+            groups = -(-C // d)
+            v = F.pad(cam.reshape(B, C, hw).transpose(1, 2).float(), (0, groups * d - C, 1, 0))  # [B, N, G·d]
+            v = v.to(q0.dtype)
+        for q, k, scale in qk:
+            if method == "transcam":
+                for g in range(groups):
+                    vv = v[:, None, :, g * d:(g + 1) * d].expand(B, heads, hw + 1, d)
+                    o = F.scaled_dot_product_attention(q, k, vv, scale=scale)  # [B, heads, N, d]
+                    c0, c1 = g * d, min(C, (g + 1) * d)
+                    acc[:, :, c0:c1] += o[:, :, 1:, : c1 - c0].float().mean(dim=1)
+            else:
+                logits = (q[:, :, :1].float() @ k.float().transpose(-2, -1)) * scale  # [B, heads, 1, N]
+                acc += logits.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)
+        if reduce == "mean":
+            acc = acc / len(qk)
+        if method == "transcam":
+            return acc.transpose(1, 2).reshape(B, C, h, w)
+        return (cam.float().reshape(B, C, hw) * acc[:, None, :]).reshape(B, C, h, w)
+
+
+# ------------------------------------------------------------------------------------------
+# the refinement registry
+# ------------------------------------------------------------------------------------------
+#: what a refinement may ask the forward pass to keep
+NEEDS = ("none", "attn_sum", "attn", "qk")
+#: ``attention=`` choices: ``"sdpa"`` uses a method's fused implementation where it has one
+ATTENTION_IMPLS = ("sdpa", "explicit")
+
+
+class PassAttention:
+    """The attention one forward pass kept, served to the refinement functions.
+
+    ``block_sum(blocks)`` is the block-summed head-mean map ``[B, N, N]`` (the streaming
+    ``attn_sum`` when the pass accumulated exactly these blocks, else summed from the per-block
+    maps); ``per_block()`` the ``[L, B, N, N]`` maps; ``qk(blocks)`` the kept queries and keys.
+    """
+
+    def __init__(self, out, sum_blocks: Sequence[int] | None = None):
+        self.out = out
+        self.sum_blocks = list(sum_blocks) if sum_blocks is not None else None
+
+    def per_block(self) -> torch.Tensor:
+        if getattr(self.out, "attn", None) is None:
+            raise ValueError("this refinement needs the per-block attention maps (model(x, return_attn=True))")
+        return self.out.attn
+
+    def block_sum(self, blocks: Sequence[int]) -> torch.Tensor:
+        s = getattr(self.out, "attn_sum", None)
+        if s is not None and self.sum_blocks == list(blocks):
+            return s
+        return attention_map(self.per_block(), list(blocks), drop_cls_token=False)
+
+    def qk(self, blocks: Sequence[int]) -> list:
+        kept = getattr(self.out, "qk", None)
+        if kept is None or any(b not in kept for b in blocks):
+            raise ValueError(f"this refinement needs the queries and keys of blocks {list(blocks)} (model(x, keep_qk=...))")
+        return [kept[b] for b in blocks]
+
+
+# ------------------------------------------------------------------------------------------
+# CLIP-ES-style affinity (Lin et al., CVPR 2023): an extra variant, not in the TransCAM paper
+# ------------------------------------------------------------------------------------------
 def cam_box_mask(cam_norm: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:
     """``[B, C, h, w]`` normalised CAMs -> ``[B, C, h, w]`` float masks: the union of the
     bounding boxes of the 8-connected components of ``cam_norm ≥ threshold`` (per map).
@@ -412,9 +352,9 @@ def affinity_refine(
        components of the normalised CAM ≥ ``box_threshold`` contribute:
        ``refined_c[i] = Σ_j A[i, j] · box_c[j] · M_c[j]``.
 
-    All switches on is the CLIP-ES recipe; each off gives one row of the ingredient ablation.
-    ``cam`` ``[B, C, h, w]`` (numpy in, numpy out), ``attn`` per-block ``[L, B, N, N]`` (or
-    ``[L, B, heads, N, N]`` / a list). Returns ``[B, C, h, w]`` float32.
+    All switches on is the CLIP-ES recipe; each off gives one row of the ingredient ablation
+    (:data:`ABLATION_VARIANTS`). ``cam`` ``[B, C, h, w]`` (numpy in, numpy out), ``attn``
+    per-block ``[L, B, N, N]`` (or ``[L, B, heads, N, N]`` / a list). Returns ``[B, C, h, w]``.
     """
     cam_t, was_np = _as_tensor(cam)
     if cam_t.dim() != 4:
@@ -446,3 +386,171 @@ def affinity_refine(
             flat = flat * cam_box_mask(norm, box_threshold).reshape(B, C, hw)
         out = torch.bmm(flat, a.transpose(1, 2)).reshape(B, C, h, w)
     return out.numpy() if was_np else out
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """One refinement method.
+
+    ``fn(cam, attention: PassAttention, blocks, reduce) -> refined [B, C, h, w]`` uses what
+    ``needs`` names (``"none"``, ``"attn_sum"``: the block-summed map, ``"attn"``: every block's
+    map, ``"qk"``: queries and keys). ``fused``, if given, is an implementation with
+    ``needs="qk"`` that forms no ``N × N`` matrix; it is used when ``attention="sdpa"``.
+    ``per_channel``: the method refines each class map on its own, so callers may pass only
+    the present classes' channels (every method here does).
+    """
+
+    name: str
+    needs: str
+    fn: Callable
+    fused: Callable | None = None
+    about: str = ""
+    per_channel: bool = True
+
+    def impl(self, attention: str = "sdpa") -> tuple[str, Callable]:
+        """``(needs, function)`` for ``attention="sdpa"`` or ``"explicit"``."""
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
+        if attention == "sdpa" and self.fused is not None:
+            return "qk", self.fused
+        return self.needs, self.fn
+
+
+#: method name -> :class:`Refinement` (add new ones with :func:`register_refinement`)
+REFINEMENTS: dict[str, Refinement] = {}
+
+
+def register_refinement(name: str, needs: str, fn: Callable, *, fused: Callable | None = None,
+                        about: str = "", per_channel: bool = True) -> Refinement:
+    """Add (or replace) a refinement method; see :class:`Refinement` for the function's signature."""
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {NEEDS}, got {needs!r}")
+    REFINEMENTS[name] = r = Refinement(name, needs, fn, fused, about, per_channel)
+    return r
+
+
+register_refinement("none", "none", lambda cam, att, blocks, reduce="sum": cam, about="the baseline CAM (Eq. 1)")
+register_refinement(
+    "transcam", "attn_sum",
+    lambda cam, att, blocks, reduce="sum": refine_cam(cam, _reduced(att.block_sum(blocks), blocks, reduce), "transcam"),
+    fused=lambda cam, att, blocks, reduce="sum": refine_cam_sdpa(cam, att.qk(blocks), "transcam", reduce=reduce),
+    about="Eq. 5: A* · CAM",
+)
+register_refinement(
+    "clsattn", "attn_sum",
+    lambda cam, att, blocks, reduce="sum": refine_cam(cam, _reduced(att.block_sum(blocks), blocks, reduce), "clsattn"),
+    fused=lambda cam, att, blocks, reduce="sum": refine_cam_sdpa(cam, att.qk(blocks), "clsattn", reduce=reduce),
+    about="Eq. 9-10: class-token attention times the CAM",
+)
+register_refinement(
+    "attnagg", "attn_sum",
+    lambda cam, att, blocks, reduce="sum": refine_cam(cam, _reduced(att.block_sum(blocks), blocks, reduce), "attnagg"),
+    about="Eq. 11: A*ᵀ · CAM",
+)
+register_refinement(
+    "rollout", "attn",
+    lambda cam, att, blocks, reduce="sum": refine_cam(cam, att.per_block(), "rollout", blocks=blocks),
+    about="attention rollout in place of A* (not in the paper)",
+)
+
+
+#: the affinity refinement and its ingredient ablation: method -> affinity_refine switches
+AFFINITY_METHODS: dict[str, dict] = {
+    "affinity": {},
+    "affinity_relu": {"box_mask": False, "sinkhorn": False},
+    "affinity_box": {"relu_cam": False, "sinkhorn": False},
+    "affinity_sinkhorn": {"box_mask": False},
+}
+for _name, _switches in AFFINITY_METHODS.items():
+    register_refinement(
+        _name, "attn",
+        lambda cam, att, blocks, reduce="sum", kw=_switches: affinity_refine(cam, att.per_block(), blocks=blocks, **kw),
+        about="CLIP-ES-style affinity (Lin et al., CVPR 2023)" + (f", only {_switches}" if _switches else ""),
+    )
+
+
+def _reduced(a: torch.Tensor, blocks, reduce: str) -> torch.Tensor:
+    return a / len(blocks) if reduce == "mean" else a
+
+
+def get_refinement(method: str) -> Refinement:
+    if method not in REFINEMENTS:
+        raise ValueError(f"unknown method {method!r}; choose one of {tuple(REFINEMENTS)}")
+    return REFINEMENTS[method]
+
+
+def forward_request(requests: Iterable[tuple[str, Sequence[int]]], attention: str = "sdpa",
+                    *, return_attn: bool = False) -> tuple[dict, list[int] | None]:
+    """The model keyword arguments that serve every ``(method, blocks)`` of ``requests``.
+
+    Returns ``(kwargs, sum_blocks)``: ``kwargs`` for ``model(x, **kwargs)`` and the block list
+    the streaming ``attn_sum`` covers (``None`` if none). One block set of ``"attn_sum"``
+    methods is summed on the fly; several, or any ``"attn"`` method (or ``return_attn``), keep
+    the per-block maps instead. ``"qk"`` methods keep the union of their blocks' queries/keys.
+    """
+    need_attn = return_attn
+    sum_sets: list[list[int]] = []
+    qk_blocks: set[int] = set()
+    for method, blocks in requests:
+        needs, _ = get_refinement(method).impl(attention)
+        if needs == "attn":
+            need_attn = True
+        elif needs == "attn_sum" and list(blocks) not in sum_sets:
+            sum_sets.append(list(blocks))
+        elif needs == "qk":
+            qk_blocks.update(blocks)
+    kw: dict = {}
+    sum_blocks = None
+    if len(sum_sets) > 1:
+        need_attn = True
+    elif sum_sets and not need_attn:
+        kw["attn_blocks"] = sum_blocks = sum_sets[0]
+    if need_attn:
+        kw["return_attn"] = True
+    if qk_blocks:
+        kw["keep_qk"] = sorted(qk_blocks)
+    return kw, sum_blocks
+
+
+# ------------------------------------------------------------------------------------------
+# the one table of named variants (paper Tables 2-3, plus rollout)
+# ------------------------------------------------------------------------------------------
+#: display name -> (method, blocks)
+VARIANTS: dict[str, tuple[str, object]] = {
+    "CAM": ("none", None),
+    "TransCAM (AA)": ("transcam", "AA"),
+    "AS (blocks 1-6)": ("transcam", "AS"),
+    "AD (blocks 7-12)": ("transcam", "AD"),
+    "ClsAttn": ("clsattn", "AA"),
+    "AttnAgg": ("attnagg", "AA"),
+    "Rollout": ("rollout", "AA"),
+    "Affinity (CLIP-ES-style)": ("affinity", "last8"),
+}
+#: the ingredient ablation of the affinity variant (not in the default table; select by name)
+ABLATION_VARIANTS: dict[str, tuple[str, object]] = {
+    "A* · ReLU'd CAM": ("affinity_relu", "AA"),
+    "A*, box-masked keys": ("affinity_box", "AA"),
+    "Sinkhorn A · ReLU'd CAM": ("affinity_sinkhorn", "last8"),
+}
+#: short names (command lines) -> display name
+VARIANT_ALIASES: dict[str, str] = {
+    "cam": "CAM", "transcam": "TransCAM (AA)", "AS": "AS (blocks 1-6)", "AD": "AD (blocks 7-12)",
+    "clsattn": "ClsAttn", "attnagg": "AttnAgg", "rollout": "Rollout",
+    "affinity": "Affinity (CLIP-ES-style)",
+}
+
+
+def select_variants(names: Iterable[str] | None = None) -> dict[str, tuple[str, object]]:
+    """``{display name: (method, blocks)}`` for ``names`` (display names or short aliases, or
+    names of :data:`ABLATION_VARIANTS`); ``None`` gives every variant of :data:`VARIANTS`. An unknown name raises a ``ValueError`` listing the known ones."""
+    if names is None:
+        return dict(VARIANTS)
+    out = {}
+    for n in names:
+        key = VARIANT_ALIASES.get(n, n)
+        table = VARIANTS if key in VARIANTS else ABLATION_VARIANTS
+        if key not in table:
+            raise ValueError(f"unknown variant(s) {[n]}; known: {list(VARIANTS) + list(ABLATION_VARIANTS)} "
+                             f"or {list(VARIANT_ALIASES)}")
+        out[key] = table[key]
+    return out

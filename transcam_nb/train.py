@@ -1,4 +1,4 @@
-"""Training the classifier (paper §3.3, Eq. 6; REFERENCE.md §4): resumable, mixed precision, multi-GPU.
+"""Training the classifier (paper §3.3, Eq. 6; docs/reference.md §4): resumable, mixed precision, multi-GPU.
 
 What the authors' ``train_TransCAM.py`` does, and what the ``paper`` profile therefore does:
 
@@ -87,7 +87,7 @@ def classification_loss(out, labels: torch.Tensor, w_conv: float = 0.5, w_trans:
 
     ``out`` is a :class:`~transcam_nb.models.ConformerOutput` (``conv_logits``, ``trans_logits``
     of shape ``[B, K+1]``); ``labels`` the ``[B, K]`` multi-hot image labels. Output channel 0 is
-    skipped (the authors' untrained "background" channel, REFERENCE.md §2): channel ``k+1`` is
+    skipped (the authors' untrained "background" channel, docs/reference.md §2): channel ``k+1`` is
     scored against class ``k``. The loss is computed in float32 whatever the autocast dtype.
     """
     zc, zt = out.conv_logits, out.trans_logits
@@ -188,7 +188,7 @@ def train_classifier(
             if dev.type == "cuda" and dev.index is None:
                 dev = torch.device("cuda", dist_env()[2])
             ev = evaluate_classifier(model, val, w_conv=w_conv, w_trans=w_trans, device=dev,
-                                     batch_size=max(1, prof.batch_size), amp_dtype=amp_setup(prof.amp, dev)[0],
+                                     batch_size=max(1, prof.batch_size), amp_dtype=amp_setup(prof.precision, dev)[0],
                                      num_workers=int(prof.num_workers), progress=progress)
             ev = {k: v for k, v in ev.items() if k not in ("scores", "labels")}
             ev["split"] = val.split

@@ -20,31 +20,21 @@ Environment variables:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
-import torch
-import torch.nn.functional as F
-
 from . import __version__
 from .artifacts import artifacts_dir, cached, config_hash
+from .cam import multiscale_variants  # noqa: F401 (re-exported; lives in cam.py)
+from .config import Profile, get_profile, paths_from_environment
 from .device import describe, get_device, seed_everything, set_threads
-from .config import Profile, get_profile
+from .refine import VARIANTS
 
 __all__ = ["setup", "artifacts_dir", "data_root", "classifier", "DEFAULT_VARIANTS", "multiscale_variants",
            "evaluate_variants", "eval_dataset"]
 
 #: the refinement variants of the paper's Tables 2-3 plus rollout: name -> (method, blocks)
-DEFAULT_VARIANTS: dict[str, tuple[str, object]] = {
-    "CAM": ("none", None),
-    "TransCAM (AA)": ("transcam", "AA"),
-    "AS (blocks 1-6)": ("transcam", "AS"),
-    "AD (blocks 7-12)": ("transcam", "AD"),
-    "ClsAttn": ("clsattn", "AA"),
-    "AttnAgg": ("attnagg", "AA"),
-    "Rollout": ("rollout", "AA"),
-}
+DEFAULT_VARIANTS = VARIANTS  # the one table lives in refine.py
 
 
 #: Whether the book's long calls (training, CAM sweeps) draw progress bars when not told; set by
@@ -69,12 +59,7 @@ def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_lev
     PROGRESS["default"] = bool(progress)
     if not isinstance(profile, Profile):
         profile = get_profile(profile)
-    env = {}
-    if profile.name == "paper":
-        if os.environ.get("TRANSCAM_VOC_ROOT") and "data_root" not in overrides:
-            env["data_root"] = os.environ["TRANSCAM_VOC_ROOT"]
-        if os.environ.get("TRANSCAM_INIT") and "init_checkpoint" not in overrides:
-            env["init_checkpoint"] = os.environ["TRANSCAM_INIT"]
+    env = {k: v for k, v in paths_from_environment(profile.name).items() if k not in overrides}
     profile = profile.replace(**env, **overrides) if (env or overrides) else profile
     set_threads(profile.threads)
     seed_everything(profile.seed)
@@ -114,47 +99,6 @@ def eval_dataset(profile: Profile, split: str | None = None):
     from .data.voc import VOCDataset
 
     return VOCDataset(data_root(profile), split or profile.eval_split, mode="infer")
-
-
-def multiscale_variants(model, image, labels, *, variants: dict | None = None, scales: Sequence = (256, 512, 768),
-                        flip: bool = True, square: bool = True) -> dict:
-    """Normalised multi-scale CAMs of several refinement variants from **one** pass per input.
-
-    The same numbers as :func:`transcam_nb.cam.multiscale_cam` for each ``(method, blocks)``
-    (tested), but the network runs once per scale and flip with every block's attention kept
-    (cheap at tiny sizes; at paper sizes prefer ``multiscale_cam``'s streaming sum). Returns
-    ``{name: (cams [K, H, W], classes)}``.
-    """
-    from .cam import _present, _to_pil, normalize_cam, preprocess, scaled_size
-    from .refine import refine_cam
-
-    variants = variants or DEFAULT_VARIANTS
-    pil = _to_pil(image)
-    W, H = pil.size
-    device = next(model.parameters()).device
-    num_fg = int(model.num_classes) - 1
-    classes, weights = _present(labels, num_fg, device)
-    chan = torch.from_numpy(classes + 1).to(device)
-    sums = {name: torch.zeros((classes.size, H, W), dtype=torch.float32, device=device) for name in variants}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for s in scales:
-                h, w = scaled_size((H, W), s, square=square, patch=model.patch_size)
-                x = torch.from_numpy(preprocess(pil, (h, w)))[None]
-                xs = torch.cat([x, x.flip(-1)]) if flip else x
-                out = model(xs.to(device), return_attn=True)
-                cam = out.cam.float()
-                for name, (method, blocks) in variants.items():
-                    ref = refine_cam(cam, None if method == "none" else out.attn, method, blocks=blocks)
-                    for b in range(xs.shape[0]):
-                        m = F.interpolate(ref[b:b + 1, chan], size=(H, W), mode="bilinear", align_corners=False)[0]
-                        m = m * weights[:, None, None]
-                        sums[name].add_(m.flip(-1) if b == 1 else m)
-    finally:
-        model.train(was_training)
-    return {name: (normalize_cam(v).cpu().numpy(), classes) for name, v in sums.items()}
 
 
 def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, split: str | None = None,

@@ -9,7 +9,9 @@ Every argparse definition of the package lives in this package, with one vocabul
     ``<out>/cams/transcam/<id>.npz`` (``cams/cam/`` with ``--method none``, else the method's
     name; format: :mod:`transcam_nb.pseudo`) with ``<out>/cams/config.json``, and, for each
     background threshold τ, ``<out>/labels_t<τ>/<id>.png`` (VOC palette PNG, Eq. 7-8). Every write is atomic; finished
-    images are skipped, so a killed run resumes where it stopped. Shard with ``--shard i/n`` or
+    images are skipped, so a killed run resumes where it stopped. An image that cannot be read
+    stops the run naming it; ``--on-error skip`` skips it instead and lists it in
+    ``<out>/cams/report.json`` (``report.<i>-of-<n>.json`` per shard). Shard with ``--shard i/n`` or
     run under ``torchrun`` (``RANK``/``WORLD_SIZE`` give the shard; each process uses its
     ``LOCAL_RANK`` GPU)::
 
@@ -47,8 +49,11 @@ Every argparse definition of the package lives in this package, with one vocabul
     Coverage / precision of every refinement variant and the attention diagnostic
     (:mod:`transcam_nb.diagnostics`).
 
-Bad input (an unknown field, a missing file, a malformed value) ends the command with one line
-naming the problem on stderr and exit status 2, without a traceback. Progress messages go
+Bad input (an unknown field, a missing file, a malformed value: :class:`UsageError`, the
+library's :class:`transcam_nb.errors.InputError` and missing files (``OSError``), see
+:data:`BAD_INPUT`) ends the command with one line naming the problem on stderr and exit status
+2, without a traceback; any other exception is a bug and keeps its traceback. Inputs are checked
+before anything is written, so a command that fails there leaves no state behind. Progress messages go
 through :mod:`logging` (logger ``transcam_nb``), shown at INFO level on the command line.
 """
 from __future__ import annotations
@@ -59,9 +64,10 @@ import sys
 from typing import Sequence
 
 from . import cams, stages  # noqa: F401  (register the commands)
-from .common import STAGES, Stage, UsageError, parse_shard, register_stage
+from ..errors import InputError
+from .common import STAGES, Stage, UsageError, one_line, parse_shard, register_stage
 
-__all__ = ["Stage", "STAGES", "UsageError", "register_stage", "build_parser", "main", "parse_shard"]
+__all__ = ["Stage", "STAGES", "UsageError", "BAD_INPUT", "register_stage", "build_parser", "main", "parse_shard"]
 
 PROG = "python -m transcam_nb"
 
@@ -76,11 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test or a notebook may replace it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _show_progress_messages() -> None:
     """INFO messages of the package's loggers on stderr (once), as a command line expects."""
     logger = logging.getLogger("transcam_nb")
     if not any(getattr(h, "_transcam_cli", False) for h in logger.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("%(message)s"))
         h._transcam_cli = True
         logger.addHandler(h)
@@ -88,19 +106,23 @@ def _show_progress_messages() -> None:
         logger.setLevel(logging.INFO)
 
 
+#: what the command line answers with one line and exit status 2 (besides :class:`UsageError`):
+#: the library's bad-input errors and files that are missing or cannot be opened. Anything else
+#: is a bug and keeps its traceback.
+BAD_INPUT = (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _show_progress_messages()
-    from ..config import OverrideError
-    from ..models.checkpoints import CheckpointError
-
     try:
         return int(STAGES[args.stage].run(args) or 0)
     except UsageError as e:
-        print(f"{PROG} {args.stage}: error: {e}", file=sys.stderr)
-        raise
-    except (OverrideError, CheckpointError, FileNotFoundError) as e:
-        msg = str(e) if isinstance(e, OverrideError) else f"{type(e).__name__}: {e}"
+        msg = one_line(e)
+        print(f"{PROG} {args.stage}: error: {msg}", file=sys.stderr)
+        raise UsageError(msg) from None
+    except BAD_INPUT as e:
+        msg = one_line(e)
         print(f"{PROG} {args.stage}: error: {msg}", file=sys.stderr)
         raise UsageError(msg) from None

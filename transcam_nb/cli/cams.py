@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..artifacts import config_hash, read_json, to_jsonable, write_json
-from .common import (UsageError, _DeprecatedAlias, add_checkpoint, add_data_root, add_out, add_profile, add_runtime,
+from .common import (UsageError, one_line, _DeprecatedAlias, add_checkpoint, add_data_root, add_out, add_profile, add_runtime,
                      add_set, add_shard, parse_floats, parse_model_args, parse_shard, profile_from_args,
                      register_stage)
 
@@ -23,6 +23,16 @@ def cam_variant(method: str) -> str:
     return "cam" if method == "none" else method
 
 
+#: what reading an image file raises when it is missing, truncated or not an image (PIL raises
+#: ``UnidentifiedImageError``, an ``OSError``, and for some broken files ``SyntaxError``)
+UNREADABLE = (OSError, ValueError, SyntaxError)
+
+
+def report_name(shard: int, nshard: int) -> str:
+    """The file under ``OUT/cams`` where a shard's run reports what it did and which images it skipped."""
+    return "report.json" if nshard == 1 else f"report.{shard}-of-{nshard}.json"
+
+
 def _tau_dirname(tau: float) -> str:
     return f"labels_t{tau:.2f}"
 
@@ -34,7 +44,8 @@ def _read_ids_and_dataset(args):
     split = args.list if getattr(args, "list", None) else args.split
     if split is None:
         raise UsageError("give --split NAME or --list FILE")
-    return VOCDataset(args.data_root, split, mode="infer", check_files=True)
+    # with --on-error skip a missing image is skipped with the unreadable ones, not refused up front
+    return VOCDataset(args.data_root, split, mode="infer", check_files=getattr(args, "on_error", "abort") != "skip")
 
 
 # ----------------------------------------------------------------------------- cams
@@ -60,23 +71,29 @@ def _cams_args(p: argparse.ArgumentParser) -> None:
                    help="background thresholds for the label PNGs (default: the profile's 0.60,0.25)")
     add_shard(p)
     add_runtime(p)
-    p.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"], help="autocast the network")
+    p.add_argument("--precision", "--amp", default="fp32", choices=["fp32", "bf16", "fp16", "none"],
+                   action=_DeprecatedAlias, deprecated=("--amp",),
+                   help="fp32 (default, the authors' numbers) | bf16 (autocast, channels_last) | fp16 (CUDA)")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "explicit"],
+                   help="sdpa: Eq. 5 as fused attention, no N×N matrix (default) | explicit: the attention maps")
     p.add_argument("--no-batch-flips", action="store_true",
                    help="run each scale and its flip one at a time (less memory; on CPU no slower)")
     p.add_argument("--cam-dtype", default="float32", choices=["float32", "float16"], help="storage dtype of the CAMs")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of the list (before sharding)")
+    p.add_argument("--on-error", default="abort", choices=["abort", "skip"],
+                   help="an image that cannot be read: abort naming it (default), or skip it and list it in "
+                        "OUT/cams/report.json")
     p.add_argument("--sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow down to kill mid-run
 
 
 @register_stage("cams", "multi-scale CAMs and pseudo-label PNGs for an image list (resumable, shardable)", _cams_args)
 def run_cams(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
     from tqdm.auto import tqdm
 
     from ..cam import multiscale_cam
-    from ..device import get_device, set_threads
-    from ..models import create_model, load_checkpoint
+    from ..device import get_device, resolve_precision, set_threads
+    from ..models import CheckpointError, create_model, load_checkpoint
     from ..pseudo import label_map, load_cams, save_cams, save_label_png
     from ..refine import resolve_blocks
 
@@ -100,25 +117,46 @@ def run_cams(args: argparse.Namespace) -> int:
     # the pipeline's layout: OUT/cams/<variant>/<id>.npz ("cam" for method none, else the method's
     # name: "transcam" as the pipeline's cams stage) and OUT/cams/config.json {"stage", "key", "spec"}
     cam_dir = out / "cams" / cam_variant(args.method)
-    cam_dir.mkdir(parents=True, exist_ok=True)
-    for t in taus:
-        (out / _tau_dirname(t)).mkdir(parents=True, exist_ok=True)
+    try:
+        blocks = resolve_blocks(args.blocks, int(overrides.get("depth", 12)))
+    except ValueError as e:
+        raise UsageError(f"--blocks {args.blocks!r}: {e}") from None
     config = {
         "model": model_name, "model_args": overrides, "checkpoint": str(Path(args.checkpoint).resolve()),
         "scales": list(scales), "flip": not args.no_flip, "square": not args.aspect, "method": args.method,
-        "blocks": resolve_blocks(args.blocks, int(overrides.get("depth", 12))), "amp": args.amp,
+        "blocks": blocks, "precision": {"none": "fp32"}.get(args.precision, args.precision),
         "num_fg": num_fg, "class_names": list(ds.class_names),
     }
     spec = to_jsonable(config)
     cfg_path = out / "cams" / "config.json"
     old = read_json(cfg_path)
-    if old is not None:
-        if old.get("spec") != spec:
-            raise UsageError(
-                f"{out.name} already holds CAMs made with another configuration (cams/config.json); use a new --out "
-                "folder or delete the old one"
-            )
-    elif shard == 0:
+    if old is not None and old.get("spec") != spec:
+        raise UsageError(
+            f"{out.name} already holds CAMs made with another configuration (cams/config.json); use a new --out "
+            "folder or delete the old one"
+        )
+    device = get_device(None if prof.device == "auto" else prof.device)
+    try:
+        precision = resolve_precision(args.precision, device, arg="--precision")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    def build_model():
+        m = create_model(model_name, num_classes=num_fg + 1, **overrides)
+        try:
+            rep = load_checkpoint(m, args.checkpoint, drop_mismatched_heads=False)
+        except CheckpointError as e:
+            raise UsageError(f"--checkpoint: {one_line(e)}") from None
+        log.info("[cams] model %s from %s on %s", model_name, Path(rep["file"]).name, device)
+        return m.to(device).eval()
+
+    # every input is checked (the checkpoint loads into the network) before anything is written,
+    # so a run that fails here leaves no config.json that would refuse the corrected run
+    model = build_model() if old is None else None
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    for t in taus:
+        (out / _tau_dirname(t)).mkdir(parents=True, exist_ok=True)
+    if old is None and shard == 0:
         write_json(cfg_path, {"stage": "cams", "command": "cams", "key": config_hash(spec), "spec": spec})
 
     def done(iid: str) -> tuple[bool, bool]:
@@ -127,15 +165,10 @@ def run_cams(args: argparse.Namespace) -> int:
         return has_cam, has_labels
 
     pending = [i for i in todo_idx if not all(done(ids[i]))]
-    skipped = len(todo_idx) - len(pending)
-    log.info("[cams] shard %d/%d: %d images, %d already done, %d to do", shard, nshard, len(todo_idx), skipped,
+    already = len(todo_idx) - len(pending)
+    log.info("[cams] shard %d/%d: %d images, %d already done, %d to do", shard, nshard, len(todo_idx), already,
              len(pending))
-    if not pending:
-        return 0
-
-    device = get_device(None if prof.device == "auto" else prof.device)
-    model = None
-    amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    unreadable: list[dict] = []
     cam_dtype = np.float16 if args.cam_dtype == "float16" else np.float32
     bar = tqdm(pending, desc=f"cams {shard}/{nshard}", disable=args.no_progress, position=shard if nshard > 1 else 0,
                dynamic_ncols=True)
@@ -146,20 +179,26 @@ def run_cams(args: argparse.Namespace) -> int:
             cams, classes = load_cams(cam_dir / f"{iid}.npz")
             hw = tuple(np.load(cam_dir / f"{iid}.npz")["size_hw"].tolist())
         else:
+            try:
+                sample = ds[i]
+            except UNREADABLE as e:  # a missing, truncated or corrupt image file
+                path = ds.image_path(i)
+                if args.on_error != "skip":
+                    raise UsageError(f"image {iid!r} ({path}) cannot be read ({type(e).__name__}: {one_line(e)}); "
+                                     "fix or remove it, or pass --on-error skip to skip unreadable images") from None
+                log.warning("[cams] skipped %s: %s", path, one_line(e))
+                unreadable.append({"id": iid, "file": str(path), "error": f"{type(e).__name__}: {one_line(e)}"})
+                continue
             if model is None:
-                model = create_model(model_name, num_classes=num_fg + 1, **overrides)
-                report = load_checkpoint(model, args.checkpoint, drop_mismatched_heads=False)
-                model.to(device).eval()
-                log.info("[cams] model %s from %s on %s", model_name, Path(report["file"]).name, device)
-            sample = ds[i]
+                model = build_model()
             img = sample.image
             hw = tuple(img.shape[:2])
             if sample.label is None:
                 bar.write(f"[cams] {iid}: no image label found; computing CAMs of all classes")
             cams, classes = multiscale_cam(
                 model, img, sample.label, scales=scales, flip=not args.no_flip, square=not args.aspect,
-                method=args.method, blocks=args.blocks, amp_dtype=amp, device=device,
-                batch_flips=not args.no_batch_flips,
+                method=args.method, blocks=args.blocks, precision=precision, attention=args.attention, device=device,
+                batch_flips=False if args.no_batch_flips else None,
             )
             save_cams(cam_dir / f"{iid}.npz", cams, classes, size_hw=hw, dtype=cam_dtype,
                       meta={"id": iid, "method": args.method, "scales": list(scales)})
@@ -170,6 +209,12 @@ def run_cams(args: argparse.Namespace) -> int:
                 save_label_png(p, label_map(cams, classes, t, num_fg=num_fg, shape=hw))
         if args.sleep:
             time.sleep(args.sleep)
+    report = {"shard": [shard, nshard], "images": len(todo_idx), "already_done": already,
+              "computed": len(pending) - len(unreadable), "skipped": unreadable}
+    write_json(out / "cams" / report_name(shard, nshard), report)
+    if unreadable:
+        log.warning("[cams] %d unreadable image(s) skipped (listed in %s)", len(unreadable),
+                    out / "cams" / report_name(shard, nshard))
     return 0
 
 
@@ -251,7 +296,6 @@ def _detect_type(pred_dir: Path, ids, wanted: str) -> str:
 
 @register_stage("evaluate", "mIoU of CAM files or label PNGs: per-class table, fixed τ and the τ sweep", _eval_args)
 def run_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm.auto import tqdm
 
     from ..data.voc import load_mask

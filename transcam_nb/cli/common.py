@@ -6,10 +6,16 @@ Flags mean the same thing in every command that has them:
 ``--set K=V``      override a field of the profile (or, for ``pretrain``, of its pretrain settings);
                    values follow :func:`transcam_nb.config.parse_value`
 ``--data-root``    the VOC-layout folder holding ``JPEGImages/`` (``--voc-root``: deprecated alias)
+``--sbd-root``     SBD, for the ``train_aug`` list (train, pipeline)
 ``--checkpoint``   trained classifier weights to *use* (cams, pipeline, diagnostics)
 ``--init``         weights to *start training from* (train, pipeline's classifier)
 ``--out``          the output folder (resumable)
 ``--shard i/n``    the per-image share of this process (default torchrun's RANK/WORLD_SIZE)
+``--on-error``     cams: ``abort`` on an unreadable image (default) or ``skip`` it
+
+For the paper profile, ``--data-root``, ``--sbd-root`` and ``--init`` default to
+``$TRANSCAM_VOC_ROOT``, ``$TRANSCAM_SBD_ROOT`` and ``$TRANSCAM_INIT``
+(:func:`transcam_nb.config.paths_from_environment`, as in the book's Setup cell).
 ``--device``, ``--threads``, ``--no-progress``
 """
 from __future__ import annotations
@@ -22,8 +28,8 @@ from typing import Callable, Sequence
 
 log = logging.getLogger("transcam_nb.cli")
 
-__all__ = ["UsageError", "Stage", "STAGES", "register_stage", "parse_shard", "parse_floats", "parse_model_args",
-           "add_profile", "add_set", "add_data_root", "add_checkpoint", "add_init", "add_from_scratch", "add_out", "add_shard",
+__all__ = ["UsageError", "one_line", "Stage", "STAGES", "register_stage", "parse_shard", "parse_floats", "parse_model_args",
+           "add_profile", "add_set", "add_data_root", "add_sbd_root", "add_checkpoint", "add_init", "add_from_scratch", "add_out", "add_shard",
            "add_runtime", "profile_from_args"]
 
 
@@ -37,6 +43,12 @@ class UsageError(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a library message may quote a multi-line one)."""
+    text = " ".join(part.strip() for part in str(error).splitlines() if part.strip())
+    return text or type(error).__name__
 
 
 @dataclass
@@ -124,8 +136,13 @@ def add_set(p, what: str = "a profile field") -> None:
 def add_data_root(p, required: bool = False, help: str | None = None) -> None:
     p.add_argument("--data-root", "--voc-root", dest="data_root", default=None, required=required,
                    action=_DeprecatedAlias, deprecated=("--voc-root",),
-                   help=(help or "VOC-layout folder holding JPEGImages/ (the tiny profile generates its benchmark "
-                         "without it)") + "; --voc-root is a deprecated alias")
+                   help=(help or "VOC-layout folder holding JPEGImages/ (paper profile default: $TRANSCAM_VOC_ROOT; "
+                         "the tiny profile generates its benchmark without it)") + "; --voc-root is a deprecated alias")
+
+
+def add_sbd_root(p) -> None:
+    p.add_argument("--sbd-root", default=None, help="SBD benchmark_RELEASE (or converted SegmentationClassAug) for "
+                   "building train_aug (paper profile default: $TRANSCAM_SBD_ROOT)")
 
 
 def add_checkpoint(p, required: bool = False, help: str | None = None) -> None:
@@ -135,8 +152,8 @@ def add_checkpoint(p, required: bool = False, help: str | None = None) -> None:
 
 def add_init(p, help: str | None = None) -> None:
     p.add_argument("--init", default=None,
-                   help=help or "weights to start the classifier's training from (heads are dropped; default: the "
-                                "profile's init_checkpoint)")
+                   help=help or "weights to start the classifier's training from (heads are dropped; default: "
+                                "$TRANSCAM_INIT for the paper profile, else the profile's init_checkpoint)")
 
 
 def add_from_scratch(p, what: str = "the paper profile's networks") -> None:
@@ -161,14 +178,20 @@ def add_runtime(p, device_default=None, threads_default=None) -> None:
 
 
 def profile_from_args(args, *, data_root: bool = True, **extra):
-    """The profile of ``--profile`` with ``--set``, ``--data-root`` (unless ``data_root=False``),
-    ``--device``, ``--threads`` and ``extra`` applied (flags that are absent or ``None`` change nothing)."""
-    from ..config import get_profile, parse_overrides
+    """The profile of ``--profile`` with the paper profile's path variables
+    (:func:`transcam_nb.config.paths_from_environment`: ``$TRANSCAM_VOC_ROOT``,
+    ``$TRANSCAM_SBD_ROOT``, ``$TRANSCAM_INIT``), then ``--set``, ``--data-root`` (unless
+    ``data_root=False``), ``--device``, ``--threads`` and ``extra`` applied (flags that are absent
+    or ``None`` change nothing)."""
+    from ..config import get_profile, parse_overrides, paths_from_environment
 
     try:
         prof = get_profile(getattr(args, "profile", None))
     except ValueError as e:
         raise UsageError(f"--profile: {e}") from None
+    env = paths_from_environment(prof.name)
+    if env:
+        prof = prof.replace(**env)
     over = parse_overrides(getattr(args, "set", None), prof)
     for flag in (("data_root",) if data_root else ()) + ("device", "threads"):
         v = getattr(args, flag, None)

@@ -10,7 +10,7 @@ import os
 import shlex
 import sys
 
-from .common import (UsageError, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_set,
+from .common import (UsageError, _DeprecatedAlias, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_sbd_root, add_set,
                      add_shard, parse_shard, profile_from_args, register_stage)
 
 log = logging.getLogger("transcam_nb.cli")
@@ -23,8 +23,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_profile(p)
     add_out(p, "run folder: last.pt, classifier.pt, metrics.jsonl, summary.json")
     add_data_root(p)
-    p.add_argument("--sbd-root", default=None, help="SBD benchmark_RELEASE (or converted SegmentationClassAug) "
-                   "for building train_aug")
+    add_sbd_root(p)
     p.add_argument("--cls-labels", default=None, help="image-label file: the authors' cls_labels.npy or JSON")
     p.add_argument("--allow-pickle", action="store_true", help="needed to read the authors' pickled cls_labels.npy")
     add_init(p)
@@ -33,8 +32,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="continue from OUT/last.pt when it exists (default: yes)")
     add_set(p)
     p.add_argument("--max-steps", type=int, default=None, help="step budget (overrides epochs; the lr schedule follows)")
-    p.add_argument("--amp", default=None, choices=["auto", "bf16", "fp16", "off"],
-                   help="mixed precision (default: the profile's, auto = bf16 or fp16+scaler on CUDA)")
+    p.add_argument("--precision", "--amp", default=None, choices=["auto", "fp32", "bf16", "fp16", "off"],
+                   action=_DeprecatedAlias, deprecated=("--amp",), help="training precision (default: the profile's; auto = bf16 or fp16+scaler on CUDA, fp32 on "
+                        "CPU; fp32 = the authors' numerics)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--log-every", type=int, default=10, help="steps per metrics-log record")
@@ -45,11 +45,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @register_stage("train", "train the TransCAM classifier (Eq. 6): resumable, AMP, DDP under torchrun", _train_args)
 def run_train(args: argparse.Namespace) -> int:
-    from ..models import CheckpointError
     from ..engine import NonFiniteLossError
     from ..train import train_classifier
 
-    prof = profile_from_args(args, data_root=False, amp=args.amp, compile=True if args.compile else None,
+    prof = profile_from_args(args, data_root=False, precision={"off": "fp32"}.get(args.precision, args.precision),
+                             compile=True if args.compile else None,
                              channels_last=True if args.channels_last else None)
     rank = int(os.environ.get("RANK", "0"))
     try:
@@ -62,8 +62,8 @@ def run_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as e:
         log.error("[train] stopped: %s", e)
         return 3
-    except (FileNotFoundError, ValueError, CheckpointError) as e:  # bad paths / settings: say what, no traceback
-        raise UsageError(f"{type(e).__name__}: {e}") from None
+    except ValueError as e:  # settings that do not fit the data or the run folder: say what, no traceback
+        raise UsageError(str(e)) from None
     if rank == 0:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 0
@@ -80,7 +80,7 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-weight", type=float, default=None,
                    help="weight of the per-token texture loss (0 = multi-label only)")
     p.add_argument("--group-weight", type=float, default=None,
-                   help="weight of the attention-grouping loss on blocks 5-12 (issue 11; 0 = off)")
+                   help="weight of the attention-grouping loss on blocks 5-12 (0 = off)")
     p.add_argument("--group-loss", choices=("mass", "ce"), default=None,
                    help="grouping loss: -log same-class attention mass, or CE to the same-class indicator")
     p.add_argument("--init", default=None, help="continue from these weights (e.g. package:tiny_pretrained.pt)")
@@ -132,6 +132,7 @@ def _pipeline_args(p: argparse.ArgumentParser, stage: str | None = None) -> None
         p.add_argument("--stages", default=None,
                        help=f"comma-separated subset of {','.join(PIPELINE_STAGES)} (default: all, in order)")
     add_data_root(p)
+    add_sbd_root(p)
     add_set(p, "a profile field (e.g. --set bg_threshold=0.3)")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pipeline setting (transcam_nb.config.PipelineConfig), repeatable (e.g. --config "
@@ -158,7 +159,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     from ..config import PipelineConfig, parse_overrides
     from ..pipeline import SUMMARY_KEYS, StageIncomplete, pipeline_config, run_pipeline
 
-    prof = profile_from_args(args, init_checkpoint=args.init)
+    prof = profile_from_args(args, init_checkpoint=args.init, sbd_root=args.sbd_root)
     cover = parse_overrides(args.config, PipelineConfig(), "--config")
     if args.checkpoint is not None and args.classifier not in (None, args.checkpoint):
         raise UsageError("give --checkpoint FILE or --classifier, not both")
@@ -183,8 +184,8 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
                                progress=not args.no_progress)
     except StageIncomplete:
         raise
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise UsageError(f"[pipeline] {type(e).__name__}: {e}") from None
+    except ValueError as e:  # settings that do not fit (missing files and InputError: cli.main's handler)
+        raise UsageError(str(e)) from None
     nums = {k: summary[k] for k in SUMMARY_KEYS if k in summary}
     print(json.dumps({"out": str(args.out), "miou_percent": nums, "status": summary["details"]["status"]}, indent=2))
     status = summary["details"]["status"]

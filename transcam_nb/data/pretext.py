@@ -4,7 +4,7 @@ The paper fine-tunes a Conformer that was pretrained on ImageNet; its premise is
 attention of such a network behaves like feature affinity (shallow blocks group similar
 textures, deep blocks group the parts of one object), so ``A @ CAM`` (Eq. 5) spreads class
 evidence over whole objects. The tiny profile cannot download ImageNet weights, and a network
-trained from scratch on the WSSS task does not have that attention (TINY-FINDINGS part 1). So
+trained from scratch on the WSSS task does not have that attention (docs/tiny-findings.md part 1). So
 the tiny profile pretrains its backbone on images drawn from formulas, following
 formula-driven supervised learning (Kataoka et al., ACCV 2020, FractalDB; Nakashima et al.,
 AAAI 2022). No natural image, no WSSS image and no WSSS mask is involved: every image below

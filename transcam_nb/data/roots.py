@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import InputError
+
 import numpy as np
 import torch
 
@@ -27,8 +29,8 @@ def resolve_data_root(profile: Profile, data_root=None, *, progress: bool = True
     if root is not None:
         return Path(root).expanduser()
     if profile.synthetic is None:
-        raise ValueError(
-            f"profile {profile.name!r} has no data_root: give the VOC 2012 folder (--voc-root "
+        raise InputError(
+            f"profile {profile.name!r} has no data_root: give the VOC 2012 folder (--data-root "
             "VOCdevkit/VOC2012, or data_root=...), the folder that holds JPEGImages/")
     from . import synthetic
 
@@ -55,7 +57,7 @@ def build_train_dataset(profile: Profile, data_root=None, *, sbd_root=None, cls_
                     cls_labels=cls_labels if cls_labels is not None else profile.cls_labels,
                     label_source=profile.label_source, allow_pickle=allow_pickle)
     if ds.num_classes != profile.num_fg:
-        raise ValueError(f"the dataset at {root} has {ds.num_classes} classes but profile {profile.name!r} "
+        raise InputError(f"the dataset at {root} has {ds.num_classes} classes but profile {profile.name!r} "
                          f"says num_fg={profile.num_fg}; pass --set num_fg={ds.num_classes}")
     return ds
 

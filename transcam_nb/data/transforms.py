@@ -1,4 +1,4 @@
-"""The paper's training augmentations and the inference normalisation (REFERENCE.md §4, §3).
+"""The paper's training augmentations and the inference normalisation (docs/reference.md §4, §3).
 
 Training pipeline of the authors' ``train_TransCAM.py``, in order:
 
@@ -169,7 +169,7 @@ def random_crop(arrays, fills, crop: int | tuple[int, int], rng: np.random.Gener
 
 
 class TrainTransform:
-    """The paper's training augmentation (REFERENCE.md §4), as a seeded callable.
+    """The paper's training augmentation (docs/reference.md §4), as a seeded callable.
 
     ``t(image)`` → float32 tensor 3×crop×crop; ``t(image, mask)`` → (image tensor,
     int64 mask tensor crop×crop, padded with 255). ``image`` is a PIL image (or uint8 H×W×3

@@ -229,7 +229,7 @@ class _Loop:
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.amp_dtype, use_scaler = amp_setup(cfg.amp, device)
+        self.amp_dtype, use_scaler = amp_setup(cfg.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler) if use_scaler else None
 
     def _resume(self, resume: bool) -> dict | None:
@@ -287,20 +287,20 @@ class _Loop:
 
     def _announce(self) -> None:
         n_params = sum(p.numel() for p in self.model.parameters())
-        self.amp_name = str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off"
+        self.amp_name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
         self.log({
             "event": "resume" if self.resumed_from is not None else "start", "step": self.step, "epoch": self.epoch,
             "time": time.time(), "device": str(self.device), "world_size": self.world,
             "local_batch": self.local_batch, "effective_batch": self.global_batch,
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "num_params": n_params,
-            "amp": self.amp_name, "config": self.cfg.to_dict(),
+            "precision": self.amp_name, "config": self.cfg.to_dict(),
             **{k: v for k, v in self.run_info.items() if k != "profile"},
         })
         if self.is_main and self.resumed_from is None and self.stage.files.config:
             write_json(self.out_dir / self.stage.files.config, {"loop": self.cfg.to_dict(), **self.run_info})
         self.say(f"{'resuming at step ' + str(self.step) if self.resumed_from is not None else 'starting'}: "
                  f"{self.total_steps} steps ({self.steps_per_epoch}/epoch), effective batch {self.global_batch} = "
-                 f"{self.world} process(es) × {self.local_batch}, device {self.device}, amp {self.amp_name}, "
+                 f"{self.world} process(es) × {self.local_batch}, device {self.device}, precision {self.amp_name}, "
                  f"{n_params / 1e6:.2f} M parameters, out {self.out_dir}")
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ class _Loop:
                 f"non-finite loss ({loss_val}) at step {self.step + 1} (epoch {self.epoch}, batch "
                 f"{self.batch_in_epoch}); the run stopped before applying it. The last good checkpoint is "
                 f"{self.ckpt_path}{'' if self.ckpt_path.is_file() else ' (none written yet)'}. Lower the learning "
-                "rate, enable grad_clip, or try amp='off' / 'bf16'.")
+                "rate, enable grad_clip, or try precision='fp32' / 'bf16'.")
         opt, scaler = self.optimizer, self.scaler
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -489,7 +489,7 @@ class _Loop:
             "wall_time_s": wall, "train_time_s": self.train_time_prev + wall,
             "images_per_s": self.images_seen_this_run / wall if wall > 0 else None,
             "effective_batch": self.global_batch, "local_batch": self.local_batch, "world_size": self.world,
-            "device": str(self.device), "amp": self.amp_name, "resumed_from_step": self.resumed_from,
+            "device": str(self.device), "precision": self.amp_name, "resumed_from_step": self.resumed_from,
             "checkpoint": str(self.ckpt_path), "classifier": str(self.final_path) if complete else None,
             "metrics_log": str(self.log_path) if self.log_path else None, "out_dir": str(self.out_dir),
             "complete": complete,

@@ -58,7 +58,7 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool
     """AdamW parameter groups. The reference uses **one** group (weight decay on everything);
     ``no_decay_norm_bias`` exempts 1-D parameters (norm weights, biases) and ``cls_token``.
     Every group carries ``lr_mult`` (:func:`set_lr`): ``trans_lr_mult`` for the transformer
-    branch (:func:`is_transformer_branch`; issue 11), 1 elsewhere. Frozen parameters
+    branch (:func:`is_transformer_branch`), 1 elsewhere. Frozen parameters
     (``requires_grad=False``) are left out."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
@@ -145,12 +145,12 @@ class LoopConfig:
     no_decay_norm_bias: bool = False
     lr_schedule: str = "constant"
     warmup_frac: float = 0.0
-    trans_lr_mult: float = 1.0  # lr multiplier of a Conformer's transformer branch (AdamW; 0 = frozen; issue 11)
+    trans_lr_mult: float = 1.0  # lr multiplier of a Conformer's transformer branch (AdamW; 0 = frozen)
     poly_power: float = 0.9
     optimizer: str = "adamw"
     momentum: float = 0.0
     grad_clip: float | None = None
-    amp: str = "auto"
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16": transcam_nb.device.precision_setup
     compile: bool = False
     channels_last: bool = False
     num_workers: int = 4
@@ -162,7 +162,7 @@ class LoopConfig:
 
     #: fields that may change between a run and its resumption (they do not change the result,
     #: or only its speed / numerics of mixed precision)
-    RESUME_FREE = ("amp", "compile", "channels_last", "num_workers", "checkpoint_minutes",
+    RESUME_FREE = ("precision", "amp", "compile", "channels_last", "num_workers", "checkpoint_minutes",
                    "checkpoint_every_steps", "log_every", "deterministic")
 
     @classmethod
@@ -188,8 +188,8 @@ class LoopConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if not 0.0 <= self.warmup_frac < 1.0:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
-        if self.amp not in ("auto", "bf16", "fp16", "off"):
-            raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or 'off', got {self.amp!r}")
+        if str(self.precision).lower() not in ("auto", "fp32", "bf16", "fp16", "off", "none"):
+            raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
             raise ValueError(f"checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}")
         if self.log_every < 1:

@@ -100,23 +100,13 @@ def _batch_size_of(x) -> int:
 
 
 def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler)."""
-    if mode == "off":
-        return None, False
-    if mode == "auto":
-        if device.type != "cuda":
-            return None, False
-        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
-    if mode == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise RuntimeError(f"amp='bf16' was asked for but {torch.cuda.get_device_name(device)} has no bf16; "
-                               "use amp='fp16' (with a gradient scaler) or 'off'")
-        return torch.bfloat16, False
-    if mode == "fp16":
-        if device.type == "cpu":
-            raise RuntimeError("amp='fp16' needs a GPU; on a CPU use amp='bf16' or 'off'")
-        return torch.float16, device.type == "cuda"
-    raise ValueError(f"unknown amp mode {mode!r}")
+    """(autocast dtype or None, use a GradScaler): :func:`transcam_nb.device.precision_setup`."""
+    from ..device import precision_setup
+
+    try:
+        return precision_setup(mode, device)
+    except ValueError as e:
+        raise RuntimeError(str(e)) from None
 
 
 def _params_finite(model: nn.Module) -> bool:

@@ -17,7 +17,7 @@ Key prefixes added by wrappers (``module.`` from DataParallel/DDP, ``_orig_mod.`
 ``torch.compile``) are removed. When the classification heads do not fit the model (another
 number of classes, or the official Linear head against TransCAM's 3×3 conv head) they are
 dropped and the model keeps its freshly initialised heads, which is how fine-tuning starts
-(REFERENCE.md §4). Anything else that does not fit is an error that names the file and lists
+(docs/reference.md §4). Anything else that does not fit is an error that names the file and lists
 the missing, unexpected and mis-shaped keys: never a silent partial load.
 """
 from __future__ import annotations
@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
+
 __all__ = ["CheckpointError", "CheckpointNotFoundError", "read_checkpoint", "read_state_dict", "load_checkpoint",
            "HEAD_KEYS"]
 
@@ -37,7 +39,7 @@ HEAD_KEYS = ("conv_cls_head.weight", "conv_cls_head.bias", "trans_cls_head.weigh
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A checkpoint file that cannot be read or does not fit the model."""
 
 

@@ -11,7 +11,7 @@ One class, :class:`Conformer`, builds both
   is a by-product of the forward pass and the conv logits are its global average.
 
 Parameter names and shapes are those of the official checkpoints (see
-``REFERENCE.md`` §1–2 and ``conformer_state_dict.json``), so official files load directly.
+``docs/reference.md`` §1–2 and ``conformer_state_dict.json``), so official files load directly.
 Behaviour follows the reference code, quirks included, each marked *Quirk* below:
 
 * FCUDown prepends the incoming class token, and the block input is ``FCUDown(x) + x_t``,
@@ -32,18 +32,31 @@ each requested block. Two ways to ask:
     ``out.attn_sum`` is ``[B, N, N]``: the sum over the listed blocks (0-based), accumulated on
     the fly, so only one ``N × N`` buffer per image is kept (the authors' code keeps all 12
     maps and stacks them, ~3 GB at 768×768).
+``model(x, keep_qk=[...])``
+    ``out.qk`` is ``{block: QK(q, k, scale)}`` for the listed blocks: each block's queries and
+    keys ``[B, heads, N, d]`` (``O(N)`` memory), while the block itself still runs the fused
+    attention. :func:`transcam_nb.refine.refine_cam_sdpa` turns them into Eq. 5 without ever
+    forming an ``N × N`` matrix.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
-__all__ = ["Conformer", "ConformerOutput", "CONFIGS", "build_conformer"]
+__all__ = ["Conformer", "ConformerOutput", "QK", "CONFIGS", "build_conformer"]
+
+
+class QK(NamedTuple):
+    """One block's queries and keys ``[B, heads, N, d]`` and its softmax scale (Eq. 2)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    scale: float
 
 
 @dataclass
@@ -56,6 +69,7 @@ class ConformerOutput:
         layout this is the Linear head applied at every location of the 1/32 map (classic CAM).
     attn: ``[L, B, N, N]`` head-mean attention of every block, or ``None``.
     attn_sum: ``[B, N, N]`` sum of the head-mean attention over ``attn_blocks``, or ``None``.
+    qk: ``{block: QK}`` queries and keys of the ``keep_qk`` blocks, or ``None``.
     """
 
     conv_logits: torch.Tensor
@@ -63,6 +77,7 @@ class ConformerOutput:
     cam: torch.Tensor | None = None
     attn: torch.Tensor | None = None
     attn_sum: torch.Tensor | None = None
+    qk: dict[int, QK] | None = None
 
     @property
     def logits(self) -> torch.Tensor:
@@ -87,7 +102,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False):
+    def forward(self, x: torch.Tensor, need_weights: bool = False, keep_qk: bool = False):
+        """Returns ``(out, head-mean map or None, QK or None)``."""
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, d]
@@ -103,7 +119,8 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, N, C)
         out = self.proj_drop(self.proj(out))
-        return out, attn_mean
+        # own copies of q and k (the permuted views would keep the whole qkv buffer, v included)
+        return out, attn_mean, (QK(q.contiguous(), k.contiguous(), self.scale) if keep_qk else None)
 
 
 class Block(nn.Module):
@@ -118,11 +135,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, x, need_weights: bool = False):
-        y, attn = self.attn(self.norm1(x), need_weights)
+    def forward(self, x, need_weights: bool = False, keep_qk: bool = False):
+        y, attn, qk = self.attn(self.norm1(x), need_weights, keep_qk)
         x = x + self.drop_path(y)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
-        return x, attn
+        return x, attn, qk
 
 
 # ------------------------------------------------------------------------------------------
@@ -217,14 +234,14 @@ class ConvTransBlock(nn.Module):
         self.trans_block = Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate,
                                  attn_drop_rate, drop_path_rate)
 
-    def forward(self, x, x_t, need_weights=False):
+    def forward(self, x, x_t, need_weights=False, keep_qk=False):
         x, x2 = self.cnn_block(x)
         h, w = x2.shape[2] // self.dw_stride, x2.shape[3] // self.dw_stride
         x_st = self.squeeze_block(x2, x_t)
-        x_t, attn = self.trans_block(x_st + x_t, need_weights)
+        x_t, attn, qk = self.trans_block(x_st + x_t, need_weights, keep_qk)
         x_t_r = self.expand_block(x_t, h, w)
         x, _ = self.fusion_block(x, x_t_r)
-        return x, x_t, attn
+        return x, x_t, attn, qk
 
 
 # ------------------------------------------------------------------------------------------
@@ -326,21 +343,31 @@ class Conformer(nn.Module):
                 f"{(-(-W // self.patch_size)) * self.patch_size})")
 
     # -- forward ---------------------------------------------------------------------------
+    def _block_set(self, blocks, arg: str) -> set[int]:
+        if blocks is None:
+            return set()
+        out = {int(b) for b in blocks}
+        bad = [b for b in out if not 0 <= b < self.depth]
+        if bad:
+            raise ValueError(f"{arg} must be block indices in 0..{self.depth - 1}, got {sorted(bad)}")
+        return out
+
     def forward(self, x: torch.Tensor, return_attn: bool = False,
-                attn_blocks: Iterable[int] | None = None) -> ConformerOutput:
-        """Run both branches. See the module docstring for ``return_attn`` / ``attn_blocks``."""
+                attn_blocks: Iterable[int] | None = None,
+                keep_qk: Iterable[int] | None = None) -> ConformerOutput:
+        """Run both branches. See the module docstring for ``return_attn`` / ``attn_blocks`` /
+        ``keep_qk``."""
         self.check_input(x)
-        wanted = set()
-        if attn_blocks is not None:
-            wanted = {int(b) for b in attn_blocks}
-            bad = [b for b in wanted if not 0 <= b < self.depth]
-            if bad:
-                raise ValueError(f"attn_blocks must be block indices in 0..{self.depth - 1}, got {sorted(bad)}")
+        wanted = self._block_set(attn_blocks, "attn_blocks")
+        qk_wanted = self._block_set(keep_qk, "keep_qk")
         attn_all: list[torch.Tensor] = []
         attn_sum = None
+        qks: dict[int, QK] = {}
 
-        def collect(idx, a):
+        def collect(idx, a, qk):
             nonlocal attn_sum
+            if qk is not None:
+                qks[idx] = qk
             if a is None:
                 return
             if return_attn:
@@ -356,11 +383,11 @@ class Conformer(nn.Module):
         x_c, _ = self.conv_1(x_base)
         x_t = self.trans_patch_conv(x_base).flatten(2).transpose(1, 2)
         x_t = torch.cat([self.cls_token.expand(B, -1, -1), x_t], dim=1)
-        x_t, a = self.trans_1(x_t, need(0))
-        collect(0, a)
+        x_t, a, qk = self.trans_1(x_t, need(0), 0 in qk_wanted)
+        collect(0, a, qk)
         for i in range(2, self.depth + 1):
-            x_c, x_t, a = getattr(self, f"conv_trans_{i}")(x_c, x_t, need(i - 1))
-            collect(i - 1, a)
+            x_c, x_t, a, qk = getattr(self, f"conv_trans_{i}")(x_c, x_t, need(i - 1), i - 1 in qk_wanted)
+            collect(i - 1, a, qk)
 
         if self.cam_head:
             cam = self.conv_cls_head(x_c)
@@ -379,6 +406,7 @@ class Conformer(nn.Module):
             cam=cam,
             attn=torch.stack(attn_all) if return_attn else None,
             attn_sum=attn_sum,
+            qk=qks if keep_qk is not None else None,
         )
 
     def reset_classifier(self, num_classes: int) -> None:
@@ -392,7 +420,7 @@ class Conformer(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """The official initialisation (REFERENCE.md §1.2)."""
+    """The official initialisation (docs/reference.md §1.2)."""
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:

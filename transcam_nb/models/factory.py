@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch.nn as nn
 
+from ..errors import InputError
 from ..weights import resolve_checkpoint
 from . import create_model
 from .checkpoints import HEAD_KEYS, load_checkpoint, read_state_dict
@@ -31,7 +32,7 @@ __all__ = ["build_model_for_profile", "require_init", "MissingInitError",
 PROFILES_NEEDING_INIT = ("paper",)
 
 
-class MissingInitError(ValueError):
+class MissingInitError(InputError):
     """A profile that needs pretrained initial weights was asked to train without them."""
 
 

@@ -1,6 +1,6 @@
-"""The whole weakly-supervised pipeline as resumable on-disk stages (paper §4.4, issue 6).
+"""The whole weakly-supervised pipeline as resumable on-disk stages (paper §4.4).
 
-Data flow (REFERENCE.md §3, §7, §8), one folder per stage under the run folder ``DIR``::
+Data flow (docs/reference.md §3, §7, §8), one folder per stage under the run folder ``DIR``::
 
     classifier  the trained TransCAM classifier (the classifier cache of
                 :func:`transcam_nb.pipeline.classifier.cached_classifier`, shared with the book;
@@ -10,12 +10,12 @@ Data flow (REFERENCE.md §3, §7, §8), one folder per stage under the run folde
                 the ground truth at the τ fixed in advance and over the authors' τ sweep
     crf         the PSA labels: DIR/crf/la/<id>.png (τ = 0.60, confident foreground) and
                 DIR/crf/ha/<id>.png (τ = 0.25, confident background), argmax + dense CRF
-                (crf.make_la_ha_labels, REFERENCE.md §3)
-    affinity    AffinityNet trained on the la/ha pairs (REFERENCE.md §7.1): DIR/affinity/
+                (crf.make_la_ha_labels, docs/reference.md §3)
+    affinity    AffinityNet trained on the la/ha pairs (docs/reference.md §7.1): DIR/affinity/
                 affinity_last.pt (resumable), affinity_net.pt
-    randomwalk  the TransCAM CAMs diffused over the learnt affinities (REFERENCE.md §7.2):
+    randomwalk  the TransCAM CAMs diffused over the learnt affinities (docs/reference.md §7.2):
                 DIR/randomwalk/rw/<id>.png and, with the CRF of step 9, rw_crf/<id>.png
-    segment     DeepLab trained on the random-walk labels (REFERENCE.md §8): DIR/segment/last.pt,
+    segment     DeepLab trained on the random-walk labels (docs/reference.md §8): DIR/segment/last.pt,
                 model.pt, log.jsonl, and its multi-scale predictions on the validation split
                 DIR/segment/val_pred/<id>.png with metrics.json
 

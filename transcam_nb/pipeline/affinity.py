@@ -28,7 +28,7 @@ def build_affinity_net(ctx: PipelineContext, load_pretrained: bool = True):
 
 
 def run(ctx: PipelineContext) -> dict:
-    """Stage 4: train AffinityNet on the la/ha pairs (``train_aff.py``, REFERENCE.md §7.1);
+    """Stage 4: train AffinityNet on the la/ha pairs (``train_aff.py``, docs/reference.md §7.1);
     resumes from ``affinity_last.pt``."""
     from ..postprocess.affinity_train import AffinityDataset, train_affinity
 

@@ -20,15 +20,10 @@ def run(ctx: PipelineContext) -> dict:
     pseudo-label mIoU at the fixed τ and over the τ grid."""
     import torch
 
-    from .. import cam as cam_mod
+    from ..cam import multiscale_cam, multiscale_variants
     from ..metrics import ThresholdSweep, sweep_grid, sweep_summary
     from ..pseudo import load_cams, save_cams
     from ..refine import resolve_blocks
-
-    # one pass per input for every variant: cam.multiscale_variants (moving there from the book
-    # layer in issue 13); until it is there, one multiscale_cam pass per variant (same numbers)
-    multiscale_variants = getattr(cam_mod, "multiscale_variants", None)
-    multiscale_cam = cam_mod.multiscale_cam
 
     prof, cfg = ctx.profile, ctx.config
     clf = ctx.require("classifier")
@@ -63,9 +58,9 @@ def run(ctx: PipelineContext) -> dict:
             if item.label is None:
                 raise ValueError(f"image {iid!r} of {ctx.pseudo_split!r} has no image label (mask, label file or "
                                  "XML): pseudo labels need the image-level labels")
-            if one_pass and multiscale_variants is not None:
+            if one_pass:  # one forward per input serves both variants (same numbers)
                 res = multiscale_variants(model, item.image, item.label, variants=variants, scales=prof.scales,
-                                          flip=prof.flip, square=prof.square)
+                                          flip=prof.flip, square=prof.square, device=ctx.device)
             else:
                 res = {name: multiscale_cam(model, item.image, item.label, scales=prof.scales, flip=prof.flip,
                                             square=prof.square, method=m, blocks=b, device=ctx.device)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..artifacts import artifacts_dir, config_hash, write_json
 from ..config import Profile
-from .context import PipelineContext, file_id, trimmed_profile
+from .context import PipelineContext, PipelineInputError, file_id, trimmed_profile
 
 log = logging.getLogger("transcam_nb.pipeline")
 
@@ -101,9 +101,11 @@ def run(ctx: PipelineContext) -> dict:
     if mode not in ("workflow", "train"):
         path = Path(mode).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"classifier checkpoint {path} does not exist (classifier= 'workflow', "
-                                    "'train' or a weights file)")
+            raise FileNotFoundError(f"classifier weights {path} do not exist (expected a weights file: "
+                                    "--checkpoint FILE, or --classifier workflow|train|FILE)")
         spec["checkpoint"] = file_id(path)
+        if ctx.done("classifier") is None:
+            _check_weights(ctx, path)  # a file that does not fit fails here, before anything is recorded
     key = ctx.begin("classifier", spec)
     if ctx.finished("classifier", key):
         return ctx.finished("classifier", key)
@@ -111,7 +113,7 @@ def run(ctx: PipelineContext) -> dict:
         ctx.wait_until(lambda: ctx.done("classifier") is not None, "the classifier (shard 0)")
         return ctx.require("classifier")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and mode in ("workflow", "train"):
-        raise RuntimeError(
+        raise PipelineInputError(
             "the pipeline does not train the classifier under torchrun (its training would wait for the other "
             "processes): train it first (torchrun ... -m transcam_nb train --out RUN, or this pipeline without "
             "torchrun), then pass --classifier RUN/classifier.pt")
@@ -131,6 +133,16 @@ def run(ctx: PipelineContext) -> dict:
         weights = Path(mode).expanduser()
     return ctx.finish("classifier", key, {"checkpoint": str(Path(weights).resolve()), "mode": spec["mode"]},
                       time.time() - t0)
+
+
+def _check_weights(ctx: PipelineContext, path: Path) -> None:
+    """Raise :class:`~transcam_nb.models.CheckpointError` unless ``path`` loads into the profile's network."""
+    from ..models import load_checkpoint
+    from ..models.factory import build_model_for_profile
+
+    model = build_model_for_profile(ctx.profile.replace(drop_path_rate=0.0), init=None, num_fg=ctx.num_fg,
+                                    verbose=False)
+    load_checkpoint(model, path, drop_mismatched_heads=False)
 
 
 def load_classifier(ctx: PipelineContext):

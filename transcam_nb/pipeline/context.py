@@ -16,6 +16,7 @@ from ..artifacts import read_json as _read_json
 from ..artifacts import to_jsonable as _norm
 from ..artifacts import write_json as _write_json
 from ..config import PipelineConfig, Profile, pipeline_defaults
+from ..errors import InputError
 
 log = logging.getLogger("transcam_nb.pipeline")
 
@@ -42,6 +43,11 @@ def pipeline_config(profile: Profile | str | None = None, **overrides) -> Pipeli
 
 class StageIncomplete(RuntimeError):
     """A sharded stage whose other shards have not finished (``wait=False``)."""
+
+
+class PipelineInputError(InputError, RuntimeError):
+    """The run folder or the settings do not allow the stage: an earlier stage is not complete,
+    the folder was made with other settings, or the stage cannot run this way."""
 
 
 # =============================================================================================
@@ -78,7 +84,7 @@ class PipelineContext:
     def require(self, stage: str) -> dict:
         d = self.done(stage)
         if d is None:
-            raise RuntimeError(f"pipeline stage {stage!r} is not complete in {self.out_dir} (no {self.done_path(stage)}); "
+            raise PipelineInputError(f"pipeline stage {stage!r} is not complete in {self.out_dir} (no {self.done_path(stage)}); "
                                f"run it first (stages run in the order {', '.join(STAGES)})")
         return d
 
@@ -176,13 +182,26 @@ class PipelineContext:
         old = _read_json(path)
         if old is not None and old.get("key") != key:
             changed = sorted(k for k in set(spec) | set(old.get("spec", {})) if spec.get(k) != old.get("spec", {}).get(k))
-            raise ValueError(
+            raise PipelineInputError(
                 f"{d} was made with other settings (changed: {changed}); use a new output folder, "
                 f"or delete {d} and the stages after it to recompute"
             )
         if old is None:
             _write_json(path, {"stage": stage, "key": key, "spec": spec})
         return key
+
+    def discard_if_empty(self, stage: str) -> bool:
+        """Remove the stage's ``config.json`` (and its empty folders) when nothing else was
+        written: a stage that failed while checking its inputs leaves no state behind, so a run
+        with corrected inputs is not refused as "made with other settings". Returns whether it did."""
+        d = self.stage_dir(stage)
+        if not d.is_dir() or any(p.is_file() and p != d / "config.json" for p in d.rglob("*")):
+            return False
+        (d / "config.json").unlink(missing_ok=True)
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            sub.rmdir()
+        d.rmdir()
+        return True
 
     def finished(self, stage: str, key: str) -> dict | None:
         """The stage's DONE record when it is complete with the settings ``key``."""

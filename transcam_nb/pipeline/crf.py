@@ -12,7 +12,7 @@ __all__ = ["run"]
 
 def run(ctx: PipelineContext) -> dict:
     """Stage 3: the PSA training labels la (τ = 0.60) and ha (τ = 0.25) from the TransCAM maps,
-    argmax + dense CRF (``crf_inference_label``; REFERENCE.md §3, §7.3)."""
+    argmax + dense CRF (``crf_inference_label``; docs/reference.md §3, §7.3)."""
     from ..postprocess.crf import make_la_ha_labels
     from ..pseudo import load_cams, save_label_png
 

@@ -13,7 +13,7 @@ __all__ = ["run"]
 
 def run(ctx: PipelineContext) -> dict:
     """Stage 5: random walk of the TransCAM maps over the learnt affinities (``infer_aff.py``,
-    REFERENCE.md §7.2), without (``rw/``) and with (``rw_crf/``) the final dense CRF."""
+    docs/reference.md §7.2), without (``rw/``) and with (``rw_crf/``) the final dense CRF."""
     import torch
 
     from ..postprocess.affinity import load_affinity_checkpoint

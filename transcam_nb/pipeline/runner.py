@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 from ..artifacts import write_json
 from ..config import PipelineConfig, Profile, get_profile
 from . import affinity, cams, classifier, crf, randomwalk, segment
-from .context import STAGES, PipelineContext, StageIncomplete, default_out_dir, pipeline_config
+from .context import STAGES, PipelineContext, PipelineInputError, StageIncomplete, default_out_dir, pipeline_config
 from .report import build_summary
 
 log = logging.getLogger("transcam_nb.pipeline")
@@ -34,14 +34,22 @@ def run_stage(ctx: PipelineContext, stage: str) -> tuple[str, dict]:
     other settings raises ``ValueError``). Returns ``(status, DONE record)``, status ``"ran"`` or
     ``"skipped"``."""
     if stage not in STAGE_FUNCTIONS:
-        raise ValueError(f"unknown pipeline stage {stage!r}; stages: {', '.join(STAGES)}")
+        raise PipelineInputError(f"unknown pipeline stage {stage!r}; stages: {', '.join(STAGES)}")
     from ..device import seed_everything
 
     before = ctx.done(stage)
     # every stage starts from the same RNG state, whatever ran before it in this process (a
     # resumed run skips stages), so e.g. AffinityNet's initial weights do not depend on it
     seed_everything(int(ctx.profile.seed))
-    rec = STAGE_FUNCTIONS[stage](ctx)
+    fresh = not (ctx.stage_dir(stage) / "config.json").exists()
+    try:
+        rec = STAGE_FUNCTIONS[stage](ctx)
+    except StageIncomplete:
+        raise
+    except BaseException:
+        if fresh:  # failed before writing anything (e.g. while checking its inputs): leave no config.json
+            ctx.discard_if_empty(stage)
+        raise
     if before is not None and before.get("key") == rec.get("key") and before.get("finished") == rec.get("finished"):
         log.info("[pipeline] %s: done already, skipped", stage)
         return "skipped", rec
@@ -72,7 +80,7 @@ def run_pipeline(profile: Profile | str | None = None, out_dir: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     i, n = int(shard[0]), int(shard[1])
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+        raise PipelineInputError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     from ..device import seed_everything, set_threads
 
     set_threads(prof.threads)
@@ -81,7 +89,7 @@ def run_pipeline(profile: Profile | str | None = None, out_dir: str | os.PathLik
     wanted = list(STAGES) if stages is None else list(stages)
     bad = [s for s in wanted if s not in STAGES]
     if bad:
-        raise ValueError(f"unknown pipeline stage(s) {bad}; stages: {', '.join(STAGES)}")
+        raise PipelineInputError(f"unknown pipeline stage(s) {bad}; stages: {', '.join(STAGES)}")
     statuses: dict = {}
     t0 = time.time()
     for st in STAGES:

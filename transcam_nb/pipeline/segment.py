@@ -21,7 +21,7 @@ def seg_config(ctx: PipelineContext):
 
 
 def run(ctx: PipelineContext) -> dict:
-    """Stage 6: DeepLab trained on the random-walk labels (``train_deeplab.py``, REFERENCE.md §8;
+    """Stage 6: DeepLab trained on the random-walk labels (``train_deeplab.py``, docs/reference.md §8;
     resumes from ``last.pt``), then scored on the validation split with multi-scale + flip
     inference (and the CRF when the preset says so)."""
     from ..segmentation import evaluate_segmentation, load_segmentation_model, train_segmentation

@@ -1,4 +1,4 @@
-"""Post-processing of TransCAM seeds (paper §4.4, REFERENCE.md §7).
+"""Post-processing of TransCAM seeds (paper §4.4, docs/reference.md §7).
 
 * :mod:`.crf` — dense CRF (pydensecrf2) with the authors' three parameter sets, and the
   la / ha label maps PSA trains on.

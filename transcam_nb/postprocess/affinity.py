@@ -1,4 +1,4 @@
-"""PSA's AffinityNet (REFERENCE.md §7.1; Ahn & Kwak, CVPR 2018): affinity labels, pairs, loss, network.
+"""PSA's AffinityNet (docs/reference.md §7.1; Ahn & Kwak, CVPR 2018): affinity labels, pairs, loss, network.
 
 TransCAM's seeds are refined, as in PSA/SEAM, by learning *pixel affinities* from the CAM
 pseudo labels and then diffusing the CAM scores with a random walk over those affinities.
@@ -13,8 +13,8 @@ Pieces, in pipeline order:
    position of the 1/8-resolution label map is paired with its neighbours within ``radius``
    (5): the offsets are the half disc ``(0, 1..r-1)`` and ``(dy = 1..r-1, |dx| <= r-1)`` with
    ``dx² + dy² < r²`` (34 offsets for r = 5). The "from" positions are the map cropped by
-   ``r-1`` at the *bottom*, left and right, so that every "to" position exists. (REFERENCE.md
-   §7.1 says "top/left/right"; with offsets that point down (dy >= 0) the crop has to be at the
+   ``r-1`` at the *bottom*, left and right, so that every "to" position exists. (docs/reference.md
+   §7.1; with offsets that point down (dy >= 0) the crop has to be at the
    bottom, and that is what the authors' ``ExtractAffinityLabelInRadius`` does.) A pair is
    bg-positive when both labels are 0, fg-positive when both are the same foreground class,
    negative when both are valid (not 255) and different.
@@ -36,7 +36,7 @@ Pieces, in pipeline order:
    :mod:`.random_walk`):
    ``T = colnorm(A^β)``, ``T ← T·T`` ``logt`` times (t = 2^logt = 128 steps), the
    (C+1)-channel CAM (channel 0 = constant 0.42) average-pooled to 1/8 is multiplied by ``T``,
-   upsampled and arg-maxed (REFERENCE.md §7.2 steps 1–8; step 9, the CRF, is optional here).
+   upsampled and arg-maxed (docs/reference.md §7.2 steps 1–8; step 9, the CRF, is optional here).
 
 Everything is device-agnostic: pass ``device=`` or let :func:`transcam_nb.device.get_device`
 choose; no CUDA device is hard-coded.
@@ -73,7 +73,7 @@ IGNORE = 255
 # 1. affinity labels
 # =============================================================================================
 def affinity_labels(la, ha, ignore: int = IGNORE):
-    """Combine the la (τ = 0.60) and ha (τ = 0.25) CRF label maps (REFERENCE.md §7.1).
+    """Combine the la (τ = 0.60) and ha (τ = 0.25) CRF label maps (docs/reference.md §7.1).
 
     Rules, in the reference's order: start from la; where la is background (0) set ``ignore``;
     then where la + ha = 0 (background in both) set 0. So foreground labels come from la,
@@ -166,7 +166,7 @@ def _shifted(x: torch.Tensor, radius: int):
 
 
 def extract_pair_labels(label_small, radius: int = 5, ignore: int = IGNORE):
-    """Pair labels from an affinity label map at 1/8 resolution (REFERENCE.md §7.1).
+    """Pair labels from an affinity label map at 1/8 resolution (docs/reference.md §7.1).
 
     ``label_small``: integer map [h, w] or batch [B, h, w] (numpy or torch) with 0 =
     background, 1..K = classes, ``ignore`` = no label. Returns three float32 torch tensors
@@ -214,7 +214,7 @@ def pair_affinity(feats: torch.Tensor, radius: int = 5) -> torch.Tensor:
 
 
 def dense_affinity(feats: torch.Tensor, radius: int = 5) -> torch.Tensor:
-    """The dense symmetric affinity matrix used by the random walk (REFERENCE.md §7.2 step 2).
+    """The dense symmetric affinity matrix used by the random walk (docs/reference.md §7.2 step 2).
 
     ``feats``: [C, h, w] or [1, C, h, w] features at 1/8 resolution. Returns [h·w, h·w] with
     ``A[i, j] = A[j, i] = exp(-mean|f_i - f_j|)`` for the pairs of :func:`pair_indices`, 1 on
@@ -245,7 +245,7 @@ def dense_affinity(feats: torch.Tensor, radius: int = 5) -> torch.Tensor:
 # 4. loss
 # =============================================================================================
 def affinity_loss(aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor):
-    """PSA's affinity loss (REFERENCE.md §7.1): ``bg/4 + fg/4 + neg/2``.
+    """PSA's affinity loss (docs/reference.md §7.1): ``bg/4 + fg/4 + neg/2``.
 
     * bg = mean over bg-positive pairs of ``-log(aff + 1e-5)``
     * fg = mean over fg-positive pairs of ``-log(aff + 1e-5)``
@@ -277,7 +277,7 @@ def _read_state_dict(path) -> dict:
 
 
 class AffinityNet(nn.Module):
-    """AffinityNet (REFERENCE.md §7.1) on a stride-8 backbone.
+    """AffinityNet (docs/reference.md §7.1) on a stride-8 backbone.
 
     Parameters
     ----------
@@ -428,7 +428,7 @@ class AffinityNet(nn.Module):
         return dense_affinity(self(x), radius)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """SGD parameter groups of the reference (REFERENCE.md §7.1): backbone weights 1× lr
+        """SGD parameter groups of the reference (docs/reference.md §7.1): backbone weights 1× lr
         with weight decay, backbone biases / 1-d parameters 2× lr without, new-layer weights
         10×, new-layer biases 20× (none exist). Frozen parameters are left out. Each group
         carries ``lr_mult`` for the poly schedule; empty groups are dropped."""

@@ -1,4 +1,4 @@
-"""Training AffinityNet (REFERENCE.md §7.1): settings (:class:`AffinityConfig`, :data:`AFFINITY_PRESETS`),
+"""Training AffinityNet (docs/reference.md §7.1): settings (:class:`AffinityConfig`, :data:`AFFINITY_PRESETS`),
 the augmented training items (:class:`AffinityDataset`) and :func:`train_affinity`.
 
 Poly-lr SGD with the reference's parameter groups and augmentation. *Quirk*: the authors'
@@ -19,7 +19,6 @@ from ..config import AFFINITY_PRESETS, RUN_ONLY_FIELDS, AffinityConfig, get_affi
 from ..data.transforms import color_jitter, normalize, random_crop
 from ..data.voc import load_rgb
 from ..pseudo import load_label_png
-from ..config import AFFINITY_PRESETS, AffinityConfig, get_affinity_preset  # noqa: F401  (defined in config)
 from .affinity import AffinityNet, affinity_labels, affinity_loss, extract_pair_labels, pair_affinity
 
 __all__ = ["AffinityConfig", "AFFINITY_PRESETS", "get_affinity_preset", "AffinityDataset", "train_affinity",
@@ -59,7 +58,7 @@ def _load_label(x, what: str) -> "np.ndarray":
 
 
 class AffinityDataset(torch.utils.data.Dataset):
-    """Training items for AffinityNet (REFERENCE.md §7.1 augmentation).
+    """Training items for AffinityNet (docs/reference.md §7.1 augmentation).
 
     ``items``: a sequence of ``(image, la, ha)``, each a path or an array (uint8 H×W×3 RGB;
     uint8 H×W label maps, e.g. the PNGs written from :func:`make_la_ha_labels`). Per item:
@@ -157,7 +156,7 @@ def affinity_loop_config(cfg: AffinityConfig):
 
     return LoopConfig(epochs=int(cfg.epochs), batch_size=int(cfg.batch_size), lr=float(cfg.lr),
                       weight_decay=float(cfg.weight_decay), lr_schedule="poly", poly_power=float(cfg.poly_power),
-                      optimizer="sgd", momentum=float(cfg.momentum), amp="off", num_workers=int(cfg.num_workers),
+                      optimizer="sgd", momentum=float(cfg.momentum), precision="fp32", num_workers=int(cfg.num_workers),
                       seed=int(cfg.seed), checkpoint_minutes=None, checkpoint_every_steps=cfg.save_every or None)
 
 
@@ -172,7 +171,7 @@ def train_affinity(
     progress: bool = True,
     from_scratch: bool = False,
 ) -> dict:
-    """Train AffinityNet as ``train_aff.py`` (REFERENCE.md §7.1), in the package's one training
+    """Train AffinityNet as ``train_aff.py`` (docs/reference.md §7.1), in the package's one training
     loop (:func:`transcam_nb.engine.train_loop`, settings from :func:`affinity_loop_config`).
 
     Poly learning rate ``lr · mult · (1 - step/max_step)^poly_power`` with SGD (``momentum``

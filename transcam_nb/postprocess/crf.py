@@ -5,7 +5,7 @@ a bilateral (appearance) kernel, reached through the ``pydensecrf2`` package (im
 ``pydensecrf``; a C++ extension built at install time: ``pip install pydensecrf2`` needs a C++
 compiler and the Python headers).
 
-Three parameter sets are used by the reference code (REFERENCE.md §7.3); each is a named,
+Three parameter sets are used by the reference code (docs/reference.md §7.3); each is a named,
 frozen :class:`CRFPreset` in :data:`CRF_PRESETS`:
 
 ===========  ==================  =========================  ==========================  =====
@@ -18,7 +18,7 @@ preset       unary               gaussian                   bilateral           
 ===========  ==================  =========================  ==========================  =====
 
 * ``label`` is the authors' ``crf_inference_label``: it refines the hard la/ha label maps in
-  ``infer_TransCAM.py`` (REFERENCE.md §3, thresholds 0.60 / 0.25) and the random-walk output in
+  ``infer_TransCAM.py`` (docs/reference.md §3, thresholds 0.60 / 0.25) and the random-walk output in
   ``infer_aff.py`` (§7.2 step 9). Use :func:`crf_labels`.
 * ``psa`` is PSA's ``crf_inference`` (defined in the authors' ``tool/imutils`` but unused by
   their pipeline), ``deeplab`` the DeepLab test-time ``dense_crf``. Use :func:`crf_probs`.
@@ -58,7 +58,7 @@ _INSTALL_HINT = (
 
 @dataclass(frozen=True)
 class CRFPreset:
-    """One dense-CRF parameter set (REFERENCE.md §7.3).
+    """One dense-CRF parameter set (docs/reference.md §7.3).
 
     ``unary`` is ``"labels"`` (``unary_from_labels``: a hard label map with confidence
     ``gt_prob``) or ``"softmax"`` (``unary_from_softmax``: −log of class probabilities).
@@ -252,7 +252,7 @@ def crf_labels(image, labels, n_labels: int, preset: str | CRFPreset = "label", 
     preset:
         a preset whose ``unary`` is ``"labels"`` (default ``"label"``: gt_prob 0.7,
         zero_unsure False, gaussian sxy 3 / compat 3, bilateral sxy 50 / srgb 5 / compat 10,
-        10 iterations; REFERENCE.md §7.3). Keyword overrides change single fields.
+        10 iterations; docs/reference.md §7.3). Keyword overrides change single fields.
 
     Returns
     -------
@@ -318,7 +318,7 @@ def _check_cams(cams, classes, hw: tuple[int, int] | None, num_classes: int):
 
 
 def labels_from_cams(cams, classes, threshold: float, num_classes: int = 20) -> np.ndarray:
-    """Hard labels before the CRF (REFERENCE.md §3, Eq. 7–8): a constant ``threshold`` in
+    """Hard labels before the CRF (docs/reference.md §3, Eq. 7–8): a constant ``threshold`` in
     channel 0, CAM of class ``k`` in channel ``k+1``, argmax. Ties go to the lower channel
     (background first), as ``np.argmax``. Returns uint8 (H, W) with values in 0..num_classes.
 
@@ -337,7 +337,7 @@ def make_la_ha_labels(
     num_classes: int = 20,
     preset: str | CRFPreset = "label",
 ) -> tuple[np.ndarray, ...]:
-    """The PSA training labels from normalised CAMs, as ``infer_TransCAM.py`` (REFERENCE.md §3).
+    """The PSA training labels from normalised CAMs, as ``infer_TransCAM.py`` (docs/reference.md §3).
 
     For each background threshold τ in ``thresholds`` (default 0.60 → "la", confident
     foreground; 0.25 → "ha", confident background): scores = [τ, CAM_c for present c] →

@@ -1,4 +1,4 @@
-"""PSA's random walk (REFERENCE.md §7.2): ``T = colnorm(A^β)``, ``T ← T·T`` ``logt`` times
+"""PSA's random walk (docs/reference.md §7.2): ``T = colnorm(A^β)``, ``T ← T·T`` ``logt`` times
 (t = 2^logt = 128 steps), the (C+1)-channel CAM (channel 0 = constant 0.42) average-pooled to 1/8
 multiplied by ``T``, upsampled and arg-maxed (steps 1–8; step 9, the CRF, is optional here).
 
@@ -38,7 +38,7 @@ def _flush_denormals(enabled: bool):
 
 
 def transition_matrix(aff_dense: torch.Tensor, beta: float = 14, logt: int = 7) -> torch.Tensor:
-    """Random-walk transition matrix (REFERENCE.md §7.2 steps 3–5).
+    """Random-walk transition matrix (docs/reference.md §7.2 steps 3–5).
 
     ``A^β`` (element-wise; larger β sharpens), divided by its column sums (so every column
     sums to 1: column-stochastic), then squared ``logt`` times, giving ``T^(2^logt)``
@@ -62,7 +62,7 @@ def transition_matrix(aff_dense: torch.Tensor, beta: float = 14, logt: int = 7) 
 
 def prepare_image(image, stride: int = 8, device=None) -> torch.Tensor:
     """uint8 (H, W, 3) RGB → ImageNet-normalised [1, 3, H', W'] zero-padded at the right/bottom
-    to multiples of ``stride`` (REFERENCE.md §7.2 step 1; the padding is 0 after normalisation)."""
+    to multiples of ``stride`` (docs/reference.md §7.2 step 1; the padding is 0 after normalisation)."""
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"image must be a uint8 (H, W, 3) RGB array, got {a.dtype} {a.shape}")
@@ -90,7 +90,7 @@ def random_walk(
     device=None,
     return_scores: bool = False,
 ):
-    """PSA random walk of normalised CAMs over affinities (REFERENCE.md §7.2).
+    """PSA random walk of normalised CAMs over affinities (docs/reference.md §7.2).
 
     Parameters
     ----------

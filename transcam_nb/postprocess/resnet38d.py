@@ -1,5 +1,5 @@
 """The wide ResNet-38 ("resnet38d") of PSA / SEAM, one of :class:`~transcam_nb.postprocess.affinity.AffinityNet`'s
-backbones (REFERENCE.md §7.1)."""
+backbones (docs/reference.md §7.1)."""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -64,7 +64,7 @@ class ResNet38d(nn.Module):
 
     Output stride 8: conv1a (3×3, 64, stride 1) → b2 (128, /2) ×3 → b3 (256, /4) ×3 → b4 (512,
     /8) ×6 → b5 (1024, dilation 2) ×3 → b6 (bottleneck 2048, dilation 4, dropout 0.3) → b7
-    (bottleneck 4096, dilation 4, dropout 0.5) → bn7 + ReLU (REFERENCE.md §7.1).
+    (bottleneck 4096, dilation 4, dropout 0.5) → bn7 + ReLU (docs/reference.md §7.1).
 
     ``forward`` returns the three feature maps AffinityNet uses: "conv4" (the BN-ReLU'd input
     of b5, 512 ch), "conv5" (the BN-ReLU'd input of b6, 1024 ch) and "conv6" (the final

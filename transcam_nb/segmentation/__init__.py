@@ -1,4 +1,4 @@
-"""DeepLab segmentation stage (paper §4.4, REFERENCE.md §8): the model on a timm backbone,
+"""DeepLab segmentation stage (paper §4.4, docs/reference.md §8): the model on a timm backbone,
 training on pseudo labels, multi-scale + flip inference with optional CRF, evaluation and the
 VOC evaluation-server export."""
 from .deeplab import DeepLab, load_backbone_weights  # noqa: F401

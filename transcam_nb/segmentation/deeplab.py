@@ -1,7 +1,7 @@
 """DeepLab on a timm backbone: the segmentation network of the last pipeline stage.
 
 The authors train **DeepLab-v1 ("LargeFOV") on a ResNet-38** at output stride 8, on the
-pseudo labels produced by TransCAM + PSA (REFERENCE.md §8). This module builds the same head
+pseudo labels produced by TransCAM + PSA (docs/reference.md §8). This module builds the same head
 on any timm CNN that supports ``features_only=True, output_stride=8`` (the ResNet family does);
 the default backbone is timm's ``resnet50`` (the paper preset uses ``resnet101``, see
 :mod:`transcam_nb.segmentation.train`). ResNet-38 itself is not in timm and its MXNet
@@ -9,7 +9,7 @@ ImageNet weights are not loadable here; this is the one documented deviation of 
 
 Two heads:
 
-``"largefov"`` (the reference, REFERENCE.md §8)
+``"largefov"`` (the reference, docs/reference.md §8)
     3×3 conv, dilation 12, C_backbone→512, no bias → BN → ReLU → 1×1 conv 512→512 (no bias)
     → BN → ReLU → Dropout(0.5) → 1×1 conv 512→classes with bias. The reference's head BN
     momentum is 0.0003 (PyTorch convention), kept as the default ``head_bn_momentum``.
@@ -47,7 +47,7 @@ _CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "last_linear.", "head_fc.
 
 
 class LargeFOVHead(nn.Module):
-    """DeepLab-v1 LargeFOV head exactly as REFERENCE.md §8 lists it."""
+    """DeepLab-v1 LargeFOV head exactly as docs/reference.md §8 lists it."""
 
     def __init__(self, in_channels: int, num_classes: int, mid_channels: int = 512, dilation: int = 12,
                  bn_momentum: float = 0.0003, dropout: float = 0.5):
@@ -147,7 +147,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> dict:
 
 
 class DeepLab(nn.Module):
-    """DeepLab segmentation network (REFERENCE.md §8) on a timm backbone.
+    """DeepLab segmentation network (docs/reference.md §8) on a timm backbone.
 
     Args:
         backbone: a timm model name supporting ``features_only`` and ``output_stride``
@@ -234,7 +234,7 @@ class DeepLab(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """SGD parameter groups of the reference (REFERENCE.md §8).
+        """SGD parameter groups of the reference (docs/reference.md §8).
 
         Every trainable parameter appears exactly once. A parameter whose name ends in
         ``bias`` (conv biases and BN betas) goes into a bias group without weight decay, every

@@ -1,14 +1,14 @@
 """DeepLab inference: multi-scale + flip prediction, optional dense CRF, evaluation on VOC val,
-and test-set PNG export for the PASCAL VOC evaluation server (REFERENCE.md §8).
+and test-set PNG export for the PASCAL VOC evaluation server (docs/reference.md §8).
 
 The reference test (``test_deeplab.py``) runs the image at scales
 ``0.5, 0.75, 1.0, 1.25, 1.5, 1.75``, each also horizontally flipped (12 passes), upsamples every
 logit map to the image size (bilinear, ``align_corners=True``), undoes the flips, **averages
 the logits, then applies softmax**, refines the probabilities with a 1-iteration dense CRF
-(REFERENCE.md §7.3, "DeepLab test" row) and takes the argmax. :func:`predict` does exactly that;
+(docs/reference.md §7.3, "DeepLab test" row) and takes the argmax. :func:`predict` does exactly that;
 the CRF comes from :mod:`transcam_nb.postprocess.crf` (preset ``"deeplab"``).
 
-The metric is the dataset-level confusion count of REFERENCE.md §5
+The metric is the dataset-level confusion count of docs/reference.md §5
 (:class:`transcam_nb.metrics.ConfusionMatrix`): IoU_c = TP / (T + P − TP), mIoU over the 21
 classes including background, GT 255 ignored.
 
@@ -52,7 +52,7 @@ __all__ = [
     "make_submission_archive",
 ]
 
-#: the reference's test scales (REFERENCE.md §8)
+#: the reference's test scales (docs/reference.md §8)
 
 
 # ----------------------------------------------------------------------------- small I/O
@@ -124,7 +124,7 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, scales: Sequence[f
                    flip: bool = True, size_divisor: int = 1, amp: bool = False) -> torch.Tensor:
     """Mean logits ``[C, H, W]`` (float32, on the model's device) over ``scales`` × (image,
     flipped image): each pass's logits are upsampled to the image size bilinearly with
-    ``align_corners=True`` and flipped back before averaging (REFERENCE.md §8)."""
+    ``align_corners=True`` and flipped back before averaging (docs/reference.md §8)."""
     if not scales:
         raise ValueError("scales must name at least one scale")
     if any(s <= 0 for s in scales):
@@ -155,7 +155,7 @@ def predict_logits(model: torch.nn.Module, image: np.ndarray, scales: Sequence[f
 
 def predict(model: torch.nn.Module, image: np.ndarray, scales: Sequence[float] = TEST_SCALES, flip: bool = True,
             crf=None, size_divisor: int = 1, amp: bool = False, return_probs: bool = False):
-    """Segment one image the way the reference's ``test_deeplab.py`` does (REFERENCE.md §8).
+    """Segment one image the way the reference's ``test_deeplab.py`` does (docs/reference.md §8).
 
     Args:
         model: a :class:`~transcam_nb.segmentation.deeplab.DeepLab` (or any module mapping a
@@ -164,7 +164,7 @@ def predict(model: torch.nn.Module, image: np.ndarray, scales: Sequence[float] =
         scales: relative scales; each scaled size is ``round(H·s) × round(W·s)`` (rounded to a
             multiple of ``size_divisor`` when that is > 1; ResNets accept any size).
         flip: also run every scale horizontally flipped.
-        crf: ``None``/``False`` (no CRF), ``True`` (preset ``"deeplab"``: 1 iteration, REFERENCE.md
+        crf: ``None``/``False`` (no CRF), ``True`` (preset ``"deeplab"``: 1 iteration, docs/reference.md
             §7.3) or a preset name for :func:`transcam_nb.postprocess.crf.crf_probs`.
         amp: run the forward passes under :func:`transcam_nb.device.autocast` (CUDA).
         return_probs: also return the ``[C, H, W]`` float32 probabilities (after the CRF).
@@ -206,7 +206,7 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
 
     Returns:
         the filled :class:`transcam_nb.metrics.ConfusionMatrix` (``.miou()``, ``.iou()``,
-        ``.table()``); dataset-level counts as REFERENCE.md §5.
+        ``.table()``); dataset-level counts as docs/reference.md §5.
     """
     from ..metrics import ConfusionMatrix
 

@@ -1,4 +1,4 @@
-"""Training DeepLab on pseudo labels (the last stage of the pipeline, REFERENCE.md §8).
+"""Training DeepLab on pseudo labels (the last stage of the pipeline, docs/reference.md §8).
 
 The reference trains DeepLab-v1 / ResNet-38 for **20,000 iterations, batch 10**, SGD (momentum
 0.9, weight decay 5e-4) at base lr 1e-3 with the **poly** schedule
@@ -249,7 +249,7 @@ def seg_loop_config(cfg: SegConfig):
     return LoopConfig(max_steps=int(cfg.iters), epochs=1, batch_size=int(cfg.batch), lr=float(cfg.lr),
                       weight_decay=float(cfg.weight_decay), lr_schedule="poly_deeplab",
                       poly_power=float(cfg.poly_power), optimizer="sgd", momentum=float(cfg.momentum),
-                      amp="auto" if cfg.amp else "off", num_workers=int(cfg.workers), seed=int(cfg.seed),
+                      precision="auto" if cfg.amp else "fp32", num_workers=int(cfg.workers), seed=int(cfg.seed),
                       deterministic=bool(cfg.deterministic), checkpoint_minutes=None,
                       checkpoint_every_steps=int(cfg.ckpt_every), log_every=int(cfg.log_every))
 
@@ -258,7 +258,7 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
                        ids: Sequence[str], out_dir: str | os.PathLike, device=None, resume: bool = True,
                        max_steps: int | None = None, progress: bool = True,
                        from_scratch: bool = False) -> TrainResult:
-    """Train DeepLab on pseudo labels with the reference schedule (REFERENCE.md §8), in the
+    """Train DeepLab on pseudo labels with the reference schedule (docs/reference.md §8), in the
     package's one training loop (:func:`transcam_nb.engine.train_loop`, settings from
     :func:`seg_loop_config`).
 

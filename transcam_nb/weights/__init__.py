@@ -2,7 +2,7 @@
 
 ``tiny_pretrained.pt`` (+ ``tiny_pretrained.json``, its manifest) is the tiny profile's
 stand-in for the ImageNet checkpoint: the tiny Conformer pretrained on formula-driven texture
-scenes by :mod:`transcam_nb.pretrain` (issue 8). It is produced once, on a CPU, by::
+scenes by :mod:`transcam_nb.pretrain`. It is produced once, on a CPU, by::
 
     python -m transcam_nb pretrain --profile tiny --out runs/pretrain_tiny --ship
 
@@ -10,7 +10,7 @@ and the manifest records the exact command, the config and its hash, the pretext
 version, the seed, the wall time and the final pretext metrics. tests/test_pretrain.py fails
 when the pretraining config or the generator changes without the weights being regenerated.
 
-``tiny_pretrained_grouped.pt`` (+ ``.json``, issue 11) continues ``tiny_pretrained.pt`` for 100
+``tiny_pretrained_grouped.pt`` (+ ``.json``) continues ``tiny_pretrained.pt`` for 100
 steps with the attention-grouping loss (deep-block attention kept on tokens of the same pretext
 class; :mod:`transcam_nb.pretrain`, ``group_weight``); its manifest holds the exact command
 (``--init package:tiny_pretrained.pt --group-weight 1 ... --ship --ship-name tiny_pretrained_grouped``).

@@ -164,7 +164,8 @@ def reading_problems(page_html: str, *, max_code: int = 80, stages: bool = False
         problems.append(f"{len(logs)} cache/log line(s) in outputs, e.g. {logs[0].strip()[:100]!r}")
     if wide:
         problems.append(f"{len(wide)} code line(s) over {max_code} characters, e.g. {wide[0].strip()[:60]!r}...")
-    heads = [h.lower() for h in p.headings]
+    # the numbered book prefixes headings with their section number ("1.7. Summary")
+    heads = [re.sub(r"^[\d.]+\s*", "", h).lower() for h in p.headings]
     for want in ("summary", "exercises"):
         if not any(h.startswith(want) for h in heads):
             problems.append(f"no '{want.capitalize()}' heading")

@@ -10,7 +10,7 @@ import os
 import shlex
 import sys
 
-from .common import (UsageError, _DeprecatedAlias, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_sbd_root, add_set,
+from .common import (UsageError, _DeprecatedAlias, one_line, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_sbd_root, add_set,
                      add_shard, parse_shard, profile_from_args, register_stage)
 
 log = logging.getLogger("transcam_nb.cli")
@@ -164,6 +164,12 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and args.classifier not in (None, args.checkpoint):
         raise UsageError("give --checkpoint FILE or --classifier, not both")
     if args.checkpoint is not None:
+        from ..models import CheckpointError
+        from ..models.checkpoints import read_checkpoint
+        try:  # checked before any work (the benchmark's generation, a cold data cache) starts
+            read_checkpoint(args.checkpoint, what="--checkpoint")
+        except (CheckpointError, OSError) as e:
+            raise UsageError(one_line(e)) from None
         cover["classifier"] = args.checkpoint
     if args.from_scratch:
         cover["from_scratch"] = True

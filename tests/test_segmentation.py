@@ -450,3 +450,35 @@ def test_resize_cubic_is_opencv_inter_cubic_by_hand():
     assert out[0, :, 0].tolist() == [0, 23, 77, 111]
     flat = np.full((5, 7, 3), 200, np.uint8)
     assert (resize_cubic(flat, 9, 3) == 200).all()
+
+
+def test_conformer_backbone_starts_from_the_shipped_pretraining():
+    """DeepLab on the tiny profile's Conformer: its CNN branch's last map (stride 16), the shipped
+    formula-driven weights loaded into it, any input size, and the map equal to the classifier's."""
+    from transcam_nb.config import TINY_MODEL
+    from transcam_nb.models import create_model
+    from transcam_nb.models.checkpoints import read_state_dict
+    from transcam_nb.weights import resolve_checkpoint
+
+    torch.manual_seed(0)
+    m = DeepLab("transcam_tiny", num_classes=5, output_stride=16, backbone_args=TINY_MODEL,
+                pretrained_path="package:tiny_pretrained.pt", freeze_bn=False).eval()
+    shipped = read_state_dict(resolve_checkpoint("package:tiny_pretrained.pt"))
+    net = m.backbone.net
+    for k in ("conv1.weight", "conv_trans_12.trans_block.attn.qkv.weight"):
+        assert torch.equal(net.state_dict()[k], shipped[k])
+    x = torch.randn(1, 3, 120, 100)  # not multiples of 16: resized inside the backbone
+    with torch.no_grad():
+        assert m(x).shape == (1, 5, 120, 100)
+        x16 = torch.randn(2, 3, 64, 96)
+        feats = m.backbone(x16)[0]
+        assert feats.shape[-2:] == (4, 6) and feats.shape[1] == m.backbone.feature_info.channels()[0]
+        clf = create_model("transcam_tiny", num_classes=9, **TINY_MODEL).eval()
+        trunk = {k: v for k, v in net.state_dict().items() if "cls_head" not in k}
+        assert not clf.load_state_dict(trunk, strict=False).unexpected_keys  # same trunk, its own heads
+        torch.testing.assert_close(clf.conv_cls_head(feats), clf(x16).cam)  # the map the CAM reads
+    assert not any(p.requires_grad for p in net.conv_cls_head.parameters())
+    with pytest.raises(ValueError, match="output stride 16"):
+        DeepLab("transcam_tiny", output_stride=8, backbone_args=TINY_MODEL)
+    with pytest.raises(ValueError, match="backbone_args are for the package's networks"):
+        DeepLab("resnet18", backbone_args=TINY_MODEL)

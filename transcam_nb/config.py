@@ -345,7 +345,8 @@ class SegConfig(Settings):
     head: str = "largefov"
     num_classes: int = 21
     output_stride: int = 8
-    pretrained_path: str | None = None
+    pretrained_path: str | None = None  # a file, or "package:NAME" (the shipped tiny pretraining)
+    backbone_args: dict = field(default_factory=dict)  # arguments of a package network backbone (transcam_*)
     freeze_bn: bool = True
     freeze_stem: bool = True
     head_bn_momentum: float = 0.0003

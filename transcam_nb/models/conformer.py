@@ -352,6 +352,30 @@ class Conformer(nn.Module):
             raise ValueError(f"{arg} must be block indices in 0..{self.depth - 1}, got {sorted(bad)}")
         return out
 
+    def _trunk(self, x, need=lambda idx: False, qk_wanted=frozenset(), collect=None):
+        """Both branches up to the heads: the last CNN feature map ``x_c`` and the tokens ``x_t``;
+        ``collect(block, attention, qk)`` receives what each block returns."""
+        B = x.shape[0]
+        x_base = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+        x_c, _ = self.conv_1(x_base)
+        x_t = self.trans_patch_conv(x_base).flatten(2).transpose(1, 2)
+        x_t = torch.cat([self.cls_token.expand(B, -1, -1), x_t], dim=1)
+        x_t, a, qk = self.trans_1(x_t, need(0), 0 in qk_wanted)
+        if collect is not None:
+            collect(0, a, qk)
+        for i in range(2, self.depth + 1):
+            x_c, x_t, a, qk = getattr(self, f"conv_trans_{i}")(x_c, x_t, need(i - 1), i - 1 in qk_wanted)
+            if collect is not None:
+                collect(i - 1, a, qk)
+        return x_c, x_t
+
+    def conv_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The CNN branch's last feature map ``[B, C, H/16, W/16]`` (the map the CAM head reads;
+        both branches run, since the CNN branch reads the transformer's tokens through the FCUs).
+        Lets a Conformer serve as a dense-prediction backbone (DeepLab's ``transcam_*`` backbones)."""
+        self.check_input(x)
+        return self._trunk(x)[0]
+
     def forward(self, x: torch.Tensor, return_attn: bool = False,
                 attn_blocks: Iterable[int] | None = None,
                 keep_qk: Iterable[int] | None = None) -> ConformerOutput:
@@ -378,17 +402,7 @@ class Conformer(nn.Module):
         def need(idx):
             return return_attn or idx in wanted
 
-        B = x.shape[0]
-        x_base = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-        x_c, _ = self.conv_1(x_base)
-        x_t = self.trans_patch_conv(x_base).flatten(2).transpose(1, 2)
-        x_t = torch.cat([self.cls_token.expand(B, -1, -1), x_t], dim=1)
-        x_t, a, qk = self.trans_1(x_t, need(0), 0 in qk_wanted)
-        collect(0, a, qk)
-        for i in range(2, self.depth + 1):
-            x_c, x_t, a, qk = getattr(self, f"conv_trans_{i}")(x_c, x_t, need(i - 1), i - 1 in qk_wanted)
-            collect(i - 1, a, qk)
-
+        x_c, x_t = self._trunk(x, need, qk_wanted, collect)
         if self.cam_head:
             cam = self.conv_cls_head(x_c)
             conv_logits = cam.mean(dim=(2, 3))

@@ -4,9 +4,9 @@ on the validation split ``DIR/segment/val_pred/<id>.png`` with ``metrics.json``.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from ..artifacts import config_hash
+from ..weights import resolve_checkpoint
 from .context import PipelineContext, cm_result, file_id
 
 __all__ = ["run", "seg_config"]
@@ -24,7 +24,11 @@ def run(ctx: PipelineContext) -> dict:
     """Stage 6: DeepLab trained on the random-walk labels (``train_deeplab.py``, docs/reference.md §8;
     resumes from ``last.pt``), then scored on the validation split with multi-scale + flip
     inference (and the CRF when the preset says so)."""
-    from ..segmentation import evaluate_segmentation, load_segmentation_model, train_segmentation
+    from ..segmentation import (
+        evaluate_segmentation,
+        load_segmentation_model,
+        train_segmentation,
+    )
     from ..segmentation.train import _RESUME_FREE
 
     rw_done = ctx.require("randomwalk")
@@ -36,7 +40,7 @@ def run(ctx: PipelineContext) -> dict:
             "val_ids": config_hash(val_ids), "n_val": len(val_ids),
             "config": {k: v for k, v in scfg.to_dict().items() if k not in _RESUME_FREE - {"test_scales", "test_flip",
                                                                                           "test_crf"}},
-            "pretrained": file_id(Path(scfg.pretrained_path)) if scfg.pretrained_path else None}
+            "pretrained": file_id(resolve_checkpoint(scfg.pretrained_path)) if scfg.pretrained_path else None}
     key = ctx.begin("segment", spec)
     if ctx.finished("segment", key):
         return ctx.finished("segment", key)

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DeepLab", "LargeFOVHead", "ASPPHead", "load_backbone_weights", "HEADS"]
+__all__ = ["DeepLab", "ConformerBackbone", "LargeFOVHead", "ASPPHead", "load_backbone_weights", "HEADS"]
 
 HEADS = ("largefov", "aspp")
 
@@ -146,13 +146,73 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> dict:
     return {"loaded": sum(k in own for k in clean), "ignored": ignored}
 
 
+class _FeatureInfo:
+    """The two facts DeepLab reads from a timm ``features_only`` backbone."""
+
+    def __init__(self, channels: int, reduction: int):
+        self._c, self._r = int(channels), int(reduction)
+
+    def channels(self) -> list[int]:
+        return [self._c]
+
+    def reduction(self) -> list[int]:
+        return [self._r]
+
+
+class ConformerBackbone(nn.Module):
+    """A TransCAM network (:func:`transcam_nb.models.create_model` name plus ``model_args``) as
+    DeepLab's backbone: the last map of its CNN branch, output stride 16 (the patch size; the
+    Conformer has no dilated variant). Both branches run, as in the classifier. An input whose
+    sides are not multiples of 16 is resized to the nearest multiple (DeepLab resizes its logits
+    back to the input). The classification heads are kept only so that the classifier's
+    checkpoint loads strictly; they are frozen and unused.
+
+    This is how the tiny profile gives DeepLab a pretrained start: the shipped formula-driven
+    pretraining (``package:tiny_pretrained.pt``) plays the part ImageNet plays for the paper.
+    """
+
+    def __init__(self, name: str, model_args: dict | None = None):
+        super().__init__()
+        from ..models import create_model
+
+        self.net = create_model(name, **dict(model_args or {}))
+        for head in (self.net.conv_cls_head, self.net.trans_cls_head):
+            head.requires_grad_(False)
+        channels = (self.net.conv_cls_head.in_channels if isinstance(self.net.conv_cls_head, nn.Conv2d)
+                    else self.net.conv_cls_head.in_features)
+        self.feature_info = _FeatureInfo(channels, self.net.patch_size)
+
+    def load_pretrained(self, path) -> dict:
+        """Load a classifier checkpoint of the same architecture (heads of another size dropped)."""
+        from ..models import load_checkpoint
+        from ..weights import resolve_checkpoint
+
+        return load_checkpoint(self.net, resolve_checkpoint(path))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        ps = self.net.patch_size
+        size = tuple(max(ps, int(round(v / ps)) * ps) for v in x.shape[-2:])
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return [self.net.conv_features(x)]
+
+
+def is_conformer_backbone(name: str) -> bool:
+    """Whether ``name`` is one of the package's TransCAM / Conformer networks (else: timm)."""
+    from ..models import list_models
+
+    return name in list_models()
+
+
 class DeepLab(nn.Module):
     """DeepLab segmentation network (docs/reference.md §8) on a timm backbone.
 
     Args:
         backbone: a timm model name supporting ``features_only`` and ``output_stride``
             (``resnet18/34/50/101/152`` and relatives). Built with ``pretrained=False``: no
-            downloads; give ImageNet weights with ``pretrained_path``.
+            downloads; give ImageNet weights with ``pretrained_path``. Or one of the package's
+            networks (``transcam_tiny``, ``transcam_small``, …; :class:`ConformerBackbone`,
+            output stride 16) with ``backbone_args`` (e.g. the tiny profile's model overrides).
         head: ``"largefov"`` (DeepLab-v1, the authors' head) or ``"aspp"`` (DeepLab-v3 style).
         num_classes: output channels (21 for VOC: background + 20 classes).
         output_stride: 8 (the reference) or 16.
@@ -163,6 +223,7 @@ class DeepLab(nn.Module):
         freeze_stem: freeze the first conv of the backbone (the reference freezes ``conv1a``).
         head_bn_momentum: momentum of the head's BN layers (reference: 0.0003).
         dropout: head dropout probability (reference: 0.5).
+        backbone_args: constructor arguments of a package network backbone (not for timm).
 
     ``forward(x)`` takes an ImageNet-normalised ``[B,3,H,W]`` batch (any H, W) and returns
     logits ``[B, num_classes, H, W]``.
@@ -171,7 +232,7 @@ class DeepLab(nn.Module):
     def __init__(self, backbone: str = "resnet50", head: str = "largefov", num_classes: int = 21,
                  output_stride: int = 8, pretrained_path: str | os.PathLike | None = None,
                  freeze_bn: bool = True, freeze_stem: bool = False, head_bn_momentum: float = 0.0003,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, backbone_args: dict | None = None):
         super().__init__()
         import timm
 
@@ -181,14 +242,16 @@ class DeepLab(nn.Module):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        try:
-            self.backbone = timm.create_model(backbone, features_only=True, out_indices=(-1,),
-                                              output_stride=output_stride, pretrained=False)
-        except Exception as e:
-            raise ValueError(
-                f"timm could not build backbone {backbone!r} with features_only=True and "
-                f"output_stride={output_stride}: {e}. Use a CNN that supports dilation, e.g. resnet50."
-            ) from e
+        if is_conformer_backbone(backbone):
+            self.backbone = ConformerBackbone(backbone, backbone_args)
+            if output_stride != self.backbone.feature_info.reduction()[-1]:
+                raise ValueError(f"backbone {backbone!r} has output stride {self.backbone.feature_info.reduction()[-1]}"
+                                 f" (its patch size), not the requested {output_stride}: set output_stride="
+                                 f"{self.backbone.feature_info.reduction()[-1]}")
+        else:
+            if backbone_args:
+                raise ValueError(f"backbone_args are for the package's networks; {backbone!r} is a timm model")
+            self.backbone = self._timm_backbone(timm, backbone, output_stride)
         red = self.backbone.feature_info.reduction()[-1]
         if red != output_stride:
             raise ValueError(f"backbone {backbone!r} gives output stride {red}, not the requested {output_stride}")
@@ -204,7 +267,10 @@ class DeepLab(nn.Module):
             rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
             self.head = ASPPHead(in_ch, num_classes, rates=rates, bn_momentum=head_bn_momentum, dropout=dropout)
         if pretrained_path is not None:
-            load_backbone_weights(self.backbone, pretrained_path)
+            if isinstance(self.backbone, ConformerBackbone):
+                self.backbone.load_pretrained(pretrained_path)
+            else:
+                load_backbone_weights(self.backbone, pretrained_path)
         if freeze_bn:
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -216,6 +282,17 @@ class DeepLab(nn.Module):
                 for p in stem.parameters():
                     p.requires_grad_(False)
         self.train()
+
+    @staticmethod
+    def _timm_backbone(timm, backbone: str, output_stride: int) -> nn.Module:
+        try:
+            return timm.create_model(backbone, features_only=True, out_indices=(-1,),
+                                     output_stride=output_stride, pretrained=False)
+        except Exception as e:
+            raise ValueError(
+                f"timm could not build backbone {backbone!r} with features_only=True and "
+                f"output_stride={output_stride}: {e}. Use a CNN that supports dilation, e.g. resnet50."
+            ) from e
 
     def train(self, mode: bool = True) -> "DeepLab":
         """As ``nn.Module.train``, but frozen backbone BN layers stay in eval mode."""

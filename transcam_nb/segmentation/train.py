@@ -197,7 +197,8 @@ def build_model(cfg: SegConfig, load_pretrained: bool = True) -> DeepLab:
                    output_stride=cfg.output_stride,
                    pretrained_path=cfg.pretrained_path if load_pretrained else None,
                    freeze_bn=cfg.freeze_bn, freeze_stem=cfg.freeze_stem,
-                   head_bn_momentum=cfg.head_bn_momentum, dropout=cfg.dropout)
+                   head_bn_momentum=cfg.head_bn_momentum, dropout=cfg.dropout,
+                   backbone_args=dict(cfg.backbone_args) or None)
 
 
 def _read_checkpoint(path: Path) -> dict:

@@ -74,9 +74,9 @@ def test_profile_is_the_paper_on_coco():
     assert paths_from_environment("paper", {"TRANSCAM_COCO_ROOT": "/c"}) == {}
 
 
-def test_datasets_dispatch_on_the_profile(coco_root):
+def test_datasets_dispatch_on_the_profile(coco_root, tmp_path):
     from transcam_nb.data import COCODataset
-    from transcam_nb.data.roots import build_train_dataset
+    from transcam_nb.data.roots import build_eval_dataset, build_train_dataset
 
     root, info = coco_root
     prof = get_profile("coco", data_root=str(root), crop_size=64, resize_long=(56, 80))
@@ -86,6 +86,15 @@ def test_datasets_dispatch_on_the_profile(coco_root):
     assert tuple(x.shape) == (3, 64, 64) and tuple(y.shape) == (80,)
     val = _dataset(root, "val2014")
     assert val.ids[0].startswith("COCO_val2014_") and val.image_dir == root / "val2014"
+    assert tuple(build_eval_dataset(prof, size=32)[0][0].shape) == (3, 32, 32)
+    from transcam_nb import workflow
+
+    assert workflow.eval_dataset(prof).ids == val.ids  # the book's helper reads the same dataset
+    # the 2017 file names: the same images under their 2017 names
+    write_instances(tmp_path, year=2017, split="train", ids=IDS, scale=SCALE)
+    d17 = build_train_dataset(prof.replace(data_root=str(tmp_path), train_split="train2017"))
+    assert d17.ids == [i[len("COCO_train2014_"):] for i in ds.ids]
+    np.testing.assert_array_equal(d17.labels(), ds.labels())
 
 
 def test_pipeline_runs_every_stage_with_81_classes(coco_run, coco_root):

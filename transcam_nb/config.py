@@ -10,7 +10,8 @@ A *profile* says how big a run is. Three ship:
     One or more GPUs, PASCAL VOC 2012 + SBD (paths given by the user), Conformer-S
     initialised from the official ImageNet checkpoint, the paper's hyper-parameters.
 ``coco``
-    As ``paper`` on MS COCO 2014 (:mod:`transcam_nb.data.coco`): train2014 / val2014, 80 classes.
+    MS COCO 2014 (:mod:`transcam_nb.data.coco`) as WSSS uses it: train2014 / val2014, 80 classes, crowd
+    ignored. The paper has no COCO run: every other setting is the paper profile's (our choice).
 
 Each profile name has **one record** (:class:`ProfileSettings`, :data:`SETTINGS`) holding the
 settings of every stage: the classifier (:class:`Profile`), the pipeline
@@ -526,9 +527,7 @@ SETTINGS: dict[str, ProfileSettings] = {
         segmentation=SegConfig(),
         pretrain=PretrainConfig(profile="paper", model="transcam_small", model_overrides={}, threads=1),
     ),
-    # the paper has no COCO run: every stage keeps the paper's VOC settings (our choice); the data are
-    # the usual WSSS-on-COCO ones (train2014 / val2014, 80 classes + background, crowd = 255), docs/reference.md
-    "coco": ProfileSettings(
+    "coco": ProfileSettings(  # the paper's settings on the usual WSSS-on-COCO data (module docstring)
         name="coco",
         classifier=Profile(name="coco", dataset="coco", train_split="train2014", eval_split="val2014",
                            val_split="val2014", num_fg=80),
@@ -561,9 +560,8 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
     return prof.replace(**overrides) if overrides else prof
 
 
-#: the paths the environment may give: profile -> {profile field: variable}. The book's Setup
-#: cell and the command line read them; a command-line flag (``--data-root``, ``--sbd-root``,
-#: ``--init``) or an explicit override wins over the variable.
+#: the paths the environment may give: profile -> {profile field: variable}, read by the book's Setup cell and
+#: the command line; a flag (``--data-root``, ``--sbd-root``, ``--init``) or an explicit override wins.
 PATH_VARIABLES = {"paper": {"data_root": "TRANSCAM_VOC_ROOT", "sbd_root": "TRANSCAM_SBD_ROOT",
                             "init_checkpoint": "TRANSCAM_INIT"},
                   "coco": {"data_root": "TRANSCAM_COCO_ROOT", "init_checkpoint": "TRANSCAM_INIT"}}

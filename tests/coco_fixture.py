@@ -1,5 +1,6 @@
 """Test helper: turn ../shared/data/coco128_seg (COCO photos + YOLO-seg polygons) into a small
-VOC-layout devkit with VOC-style class masks.
+VOC-layout devkit with VOC-style class masks (:func:`build_devkit`), or into an MS COCO
+``instances_*.json`` with crowd regions in RLE (:func:`write_instances`).
 
 Mapping (from coco128_seg/SOURCES.md): COCO-80 index → VOC index 1..20; objects of other COCO
 classes are painted 255 (ignore). Non-VOC objects are painted first and VOC objects on top,
@@ -7,12 +8,17 @@ larger polygons before smaller ones, so every VOC object stays visible (painter'
 """
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from conftest import shared_path
+from transcam_nb.data.coco import COCO_CATEGORY_IDS, COCO_CLASSES, rle_to_string
 
 # COCO-80 index → VOC class value (1..20), typed from coco128_seg/SOURCES.md
 COCO_TO_VOC = {
@@ -87,3 +93,68 @@ def build_devkit(coco_root: Path, out: Path, palette) -> tuple[Path, dict]:
         expected[iid] = expected_labels(polys)
     (out / "ImageSets" / "Segmentation" / "coco.txt").write_text("\n".join(ids) + "\n")
     return out, expected
+
+
+# ---------------------------------------------------------------------------------- instances JSON
+IDS = ["000000000030", "000000000034", "000000000036", "000000000049", "000000000061",
+       "000000000064", "000000000250"]  # 250 has no annotation in the source
+KITE = COCO_CLASSES.index("kite")  # used only for the crowd regions: in no image's polygons here
+CROWD_BOX = {"000000000049": ((0, 60), (0, 90), "compressed"),  # (rows, cols, RLE form) at scale 1
+             "000000000061": ((300, 380), (10, 200), "uncompressed")}
+
+
+def runs(mask):
+    """Column-major run lengths starting with zeros (written independently of the loader)."""
+    flat = mask.T.reshape(-1).tolist()
+    rl = [len(list(g)) for _, g in itertools.groupby(flat)]
+    return ([0] + rl) if flat and flat[0] else rl
+
+
+def crowd_mask(h, w, iid, scale: float = 1.0):
+    (r0, r1), (c0, c1), _ = CROWD_BOX[iid]
+    m = np.zeros((h, w), bool)
+    m[int(r0 * scale):int(r1 * scale), int(c0 * scale):int(c1 * scale)] = True
+    return m
+
+
+def write_instances(root, year=2017, split="train", ids=IDS, scale: float = 1.0):
+    """root/annotations/instances_<split><year>.json + root/<split><year>/ images (links; copies
+    resized by ``scale`` when it is not 1), with the official 80 categories and the crowd regions
+    of :data:`CROWD_BOX` in RLE. Returns {id: (polygons, (h, w))}."""
+    src = shared_path("data", "coco128_seg")
+    name = f"{split}{year}"
+    img_dir = Path(root) / name
+    img_dir.mkdir(parents=True, exist_ok=True)
+    (Path(root) / "annotations").mkdir(parents=True, exist_ok=True)
+    images, anns, info = [], [], {}
+    for iid in ids:
+        fn = f"COCO_{name}_{iid}.jpg" if year == 2014 else f"{iid}.jpg"
+        s = src / "images" / "train2017" / f"{iid}.jpg"
+        with Image.open(s) as im:
+            w, h = im.size
+            if scale != 1.0:
+                w, h = max(1, round(w * scale)), max(1, round(h * scale))
+                im.convert("RGB").resize((w, h), Image.BILINEAR).save(img_dir / fn, quality=90)
+        if scale == 1.0:
+            try:
+                os.symlink(s, img_dir / fn)
+            except OSError:
+                shutil.copy(s, img_dir / fn)
+        images.append({"id": int(iid), "file_name": fn, "height": h, "width": w})
+        polys = read_polygons(src / "labels" / "train2017" / f"{iid}.txt")
+        info[iid] = (polys, (h, w))
+        for c, xy in polys:
+            pts = (xy * [w, h]).reshape(-1).round(2).tolist()
+            anns.append({"id": len(anns) + 1, "image_id": int(iid), "category_id": COCO_CATEGORY_IDS[c],
+                         "segmentation": [pts], "iscrowd": 0, "area": 1.0, "bbox": [0, 0, 1, 1]})
+        if iid in CROWD_BOX:
+            rl = runs(crowd_mask(h, w, iid, scale))
+            counts = rle_to_string(rl) if CROWD_BOX[iid][2] == "compressed" else rl
+            anns.append({"id": len(anns) + 1, "image_id": int(iid), "category_id": COCO_CATEGORY_IDS[KITE],
+                         "segmentation": {"size": [h, w], "counts": counts}, "iscrowd": 1,
+                         "area": 1.0, "bbox": [0, 0, 1, 1]})
+    cats = [{"id": cid, "name": n, "supercategory": "x"} for cid, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
+    cats = cats[::-1]  # the loader must sort by id, not trust the file order
+    data = {"info": {}, "images": images, "annotations": anns, "categories": cats}
+    (Path(root) / "annotations" / f"instances_{name}.json").write_text(json.dumps(data))
+    return info

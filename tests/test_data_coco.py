@@ -3,7 +3,6 @@ from the test COCO subset (real photos, YOLO polygons) with crowd regions in bot
 
 The expected values come from the YOLO label files and from an independent rasteriser
 (tests/coco_fixture.py), never from the loader itself."""
-import itertools
 import json
 import os
 import shutil
@@ -13,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import shared_path
-from coco_fixture import rasterise, read_polygons
+from coco_fixture import CROWD_BOX, IDS, KITE, rasterise, write_instances
+from coco_fixture import crowd_mask as _crowd_mask
+from coco_fixture import runs as _runs
 from transcam_nb.data import COCODataset, Sample, image_labels
 from transcam_nb.data.coco import (
-    COCO_CATEGORY_IDS,
     COCO_CLASSES,
     annotation_path,
     polygon_mask,
@@ -27,69 +26,6 @@ from transcam_nb.data.coco import (
     rle_from_string,
     rle_to_string,
 )
-
-IDS = ["000000000030", "000000000034", "000000000036", "000000000049", "000000000061",
-       "000000000064", "000000000250"]  # 250 has no annotation in the source
-KITE = COCO_CLASSES.index("kite")  # used only for the crowd regions: in no image's polygons here
-CROWD_BOX = {"000000000049": ((0, 60), (0, 90), "compressed"),  # (rows, cols, RLE form)
-             "000000000061": ((300, 380), (10, 200), "uncompressed")}
-
-
-def _coco128():
-    return shared_path("data", "coco128_seg")
-
-
-def _runs(mask):
-    """Column-major run lengths starting with zeros (written independently of the loader)."""
-    flat = mask.T.reshape(-1).tolist()
-    runs = [len(list(g)) for _, g in itertools.groupby(flat)]
-    return ([0] + runs) if flat and flat[0] else runs
-
-
-def _crowd_mask(h, w, iid):
-    (r0, r1), (c0, c1), _ = CROWD_BOX[iid]
-    m = np.zeros((h, w), bool)
-    m[r0:r1, c0:c1] = True
-    return m
-
-
-def write_instances(root, year=2017, split="train", ids=IDS):
-    """root/annotations/instances_<split><year>.json + root/<split><year>/ images (links),
-    with the official 80 categories. Returns {id: (polygons, (h, w))}."""
-    src = _coco128()
-    name = f"{split}{year}"
-    img_dir = root / name
-    img_dir.mkdir(parents=True, exist_ok=True)
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    images, anns, info = [], [], {}
-    for iid in ids:
-        fn = f"COCO_{name}_{iid}.jpg" if year == 2014 else f"{iid}.jpg"
-        s = src / "images" / "train2017" / f"{iid}.jpg"
-        try:
-            os.symlink(s, img_dir / fn)
-        except OSError:
-            shutil.copy(s, img_dir / fn)
-        with Image.open(s) as im:
-            w, h = im.size
-        images.append({"id": int(iid), "file_name": fn, "height": h, "width": w})
-        polys = read_polygons(src / "labels" / "train2017" / f"{iid}.txt")
-        info[iid] = (polys, (h, w))
-        for c, xy in polys:
-            pts = (xy * [w, h]).reshape(-1).round(2).tolist()
-            anns.append({"id": len(anns) + 1, "image_id": int(iid), "category_id": COCO_CATEGORY_IDS[c],
-                         "segmentation": [pts], "iscrowd": 0, "area": 1.0, "bbox": [0, 0, 1, 1]})
-        if iid in CROWD_BOX:
-            runs = _runs(_crowd_mask(h, w, iid))
-            counts = rle_to_string(runs) if CROWD_BOX[iid][2] == "compressed" else runs
-            anns.append({"id": len(anns) + 1, "image_id": int(iid), "category_id": COCO_CATEGORY_IDS[KITE],
-                         "segmentation": {"size": [h, w], "counts": counts}, "iscrowd": 1,
-                         "area": 1.0, "bbox": [0, 0, 1, 1]})
-    cats = [{"id": cid, "name": n, "supercategory": "x"} for cid, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
-    cats = cats[::-1]  # the loader must sort by id, not trust the file order
-    data = {"info": {}, "images": images, "annotations": anns, "categories": cats}
-    (root / "annotations" / f"instances_{name}.json").write_text(json.dumps(data))
-    return info
-
 
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):

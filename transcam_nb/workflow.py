@@ -95,10 +95,11 @@ def classifier(profile: Profile, *, init: str | None = "profile", progress: bool
 
 
 def eval_dataset(profile: Profile, split: str | None = None):
-    """The evaluation split of ``profile`` in ``"infer"`` mode (image, labels, mask, id)."""
-    from .data.voc import VOCDataset
+    """The evaluation split of ``profile`` in ``"infer"`` mode (image, labels, mask, id): its
+    VOC-layout or COCO dataset (:func:`transcam_nb.data.roots.build_dataset`)."""
+    from .data.roots import build_dataset
 
-    return VOCDataset(data_root(profile), split or profile.eval_split, mode="infer")
+    return build_dataset(profile, split or profile.eval_split, "infer", data_root=data_root(profile), progress=False)
 
 
 def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, split: str | None = None,

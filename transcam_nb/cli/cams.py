@@ -37,28 +37,33 @@ def _tau_dirname(tau: float) -> str:
     return f"labels_t{tau:.2f}"
 
 
-def _read_ids_and_dataset(args):
-    """A VOCDataset in "infer" mode for --data-root and --split / --list."""
-    from ..data.voc import VOCDataset
+def _read_ids_and_dataset(args, prof, check_files: bool = True):
+    """The profile's dataset (VOC layout, or COCO for ``--profile coco``) in "infer" mode for
+    --data-root and --split / --list (:func:`transcam_nb.data.roots.build_dataset`)."""
+    from ..data.roots import build_dataset
 
     split = args.list if getattr(args, "list", None) else args.split
     if split is None:
         raise UsageError("give --split NAME or --list FILE")
-    # with --on-error skip a missing image is skipped with the unreadable ones, not refused up front
-    return VOCDataset(args.data_root, split, mode="infer", check_files=getattr(args, "on_error", "abort") != "skip")
+    if getattr(args, "list", None) and prof.dataset == "coco":
+        raise UsageError("--list FILE is for VOC-layout data; with --profile coco give --split train2014, val2014, ...")
+    return build_dataset(prof, split, "infer", data_root=args.data_root, check_files=check_files, progress=False)
 
 
 # ----------------------------------------------------------------------------- cams
 def _cams_args(p: argparse.ArgumentParser) -> None:
     add_checkpoint(p, required=True)
-    add_profile(p, "tiny | paper: default model, scales and thresholds (default: $TRANSCAM_PROFILE or tiny)")
+    add_profile(p, "tiny | paper | coco: default model, scales, thresholds and dataset (default: $TRANSCAM_PROFILE "
+                "or tiny)")
     add_set(p)
     p.add_argument("--model", default=None, help="model name, e.g. transcam_small (default: the profile's)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="constructor override, repeatable (e.g. --model-arg embed_dim=64)")
-    add_data_root(p, required=True, help="folder holding JPEGImages/ (VOC layout)")
+    add_data_root(p, required=True, help="folder holding JPEGImages/ (VOC layout); --profile coco: the MS COCO "
+                  "folder holding annotations/instances_*.json")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--split", default=None, help="list name under ImageSets/Segmentation (default: the profile's eval split)")
+    g.add_argument("--split", default=None, help="list name under ImageSets/Segmentation, or a COCO split (train2014, "
+                   "val2014, ...) (default: the profile's eval split)")
     g.add_argument("--list", default=None, help="a list file of image ids instead of --split")
     add_out(p)
     p.add_argument("--scales", default=None, help="comma-separated, e.g. 256,512,768 (default: the profile's)")
@@ -107,7 +112,8 @@ def run_cams(args: argparse.Namespace) -> int:
     taus = parse_floats(args.taus, "--taus") if args.taus else tuple(prof.crf_thresholds)
     if args.split is None and args.list is None:
         args.split = prof.eval_split
-    ds = _read_ids_and_dataset(args)
+    # with --on-error skip a missing image is skipped with the unreadable ones, not refused up front
+    ds = _read_ids_and_dataset(args, prof, check_files=args.on_error != "skip")
     num_fg = ds.num_classes
     ids = list(ds.ids)[: args.limit] if args.limit else list(ds.ids)
     shard, nshard = parse_shard(args.shard)
@@ -223,14 +229,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred-dir", required=True, help="folder of <id>.npz CAM files, authors' <id>.npy, or <id>.png labels")
     p.add_argument("--type", default="auto", choices=["auto", "npz", "npy", "png"])
     p.add_argument("--gt-dir", default=None, help="folder of ground-truth <id>.png masks (default: the dataset's)")
-    add_data_root(p, help="VOC-layout root (for the id list and masks)")
+    add_data_root(p, help="VOC-layout root (for the id list and masks); --profile coco: the MS COCO folder")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--split", default=None, help="list name under ImageSets/Segmentation")
     g.add_argument("--list", default=None, help="a list file of image ids")
     p.add_argument("--num-fg", "--num-classes", dest="num_fg", type=int, default=None, action=_DeprecatedAlias,
                    deprecated=("--num-classes",),
                    help="foreground classes K (default: the dataset's, else 20); --num-classes is a deprecated alias")
-    add_profile(p, "tiny | paper: the τ fixed in advance is its bg_threshold (default: $TRANSCAM_PROFILE or tiny)")
+    add_profile(p, "tiny | paper | coco: the τ fixed in advance is its bg_threshold; coco: --data-root is a COCO "
+                "folder (default: $TRANSCAM_PROFILE or tiny)")
     add_set(p)
     p.add_argument("--fixed-tau", type=float, default=None, help="τ fixed in advance (default: the profile's "
                    "bg_threshold)")
@@ -243,19 +250,16 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_items(args):
-    """(ids, gt paths, class names) from --data-root/--split/--list/--gt-dir."""
+    """(ids, gt masks ``gt_of(id, index)``, class names) from --data-root/--split/--list/--gt-dir."""
     from ..config import VOC_CLASSES
-    from ..data.voc import read_id_list
+    from ..data.voc import load_mask, read_id_list
 
     names = None
     ds = None
     if args.data_root is not None:
-        from ..data.voc import VOCDataset
-
-        split = args.list or args.split
-        if split is None:
+        if args.list is None and args.split is None:
             raise UsageError("with --data-root give --split NAME or --list FILE")
-        ds = VOCDataset(args.data_root, split, mode="infer", check_files=False)
+        ds = _read_ids_and_dataset(args, profile_from_args(args, data_root=False), check_files=False)
         ids = list(ds.ids)
         names = list(ds.class_names)
     elif args.list:
@@ -268,14 +272,13 @@ def _eval_items(args):
         gt_dir = Path(args.gt_dir)
         if not gt_dir.is_dir():
             raise UsageError(f"--gt-dir {gt_dir} is not a folder")
-        gt_of = lambda iid, _i=None: gt_dir / f"{iid}.png"
+        gt_of = lambda iid, _i=None: load_mask(gt_dir / f"{iid}.png")
     else:
         def gt_of(iid, i):
-            p = ds.mask_path(i)
-            if p is None:
+            if ds.mask_path(i) is None:
                 raise UsageError(f"no ground-truth mask for image {iid!r} under {ds.root} (SegmentationClass/ or "
                                  "SegmentationClassAug/); give --gt-dir")
-            return p
+            return ds.mask(i)
     if names is None:
         K = args.num_fg or 20
         names = list(VOC_CLASSES) if K == 20 else [str(k) for k in range(K)]
@@ -298,7 +301,6 @@ def _detect_type(pred_dir: Path, ids, wanted: str) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..data.voc import load_mask
     from ..metrics import DEFAULT_THRESHOLDS, ConfusionMatrix, ThresholdSweep, sweep_grid, sweep_summary
     from ..pseudo import load_cams, load_label_png
 
@@ -325,7 +327,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     sweep = ThresholdSweep(taus, num_classes=C) if kind != "png" else None
     cm_png = ConfusionMatrix(C, class_names=cls_names) if kind == "png" else None
     for iid in tqdm(use, desc="evaluate", disable=args.no_progress, dynamic_ncols=True):
-        gt = load_mask(gt_of(iid, index[iid]))
+        gt = gt_of(iid, index[iid])
         if kind == "png":
             cm_png.update(load_label_png(pred_dir / f"{iid}.png"), gt)
         else:

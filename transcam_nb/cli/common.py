@@ -2,10 +2,11 @@
 
 Flags mean the same thing in every command that has them:
 
-``--profile``      tiny | paper (default ``$TRANSCAM_PROFILE`` or tiny)
+``--profile``      tiny | paper | coco (default ``$TRANSCAM_PROFILE`` or tiny)
 ``--set K=V``      override a field of the profile (or, for ``pretrain``, of its pretrain settings);
                    values follow :func:`transcam_nb.config.parse_value`
-``--data-root``    the VOC-layout folder holding ``JPEGImages/`` (``--voc-root``: deprecated alias)
+``--data-root``    the VOC-layout folder holding ``JPEGImages/`` (``--voc-root``: deprecated alias); for
+                   ``--profile coco`` the MS COCO folder holding ``annotations/instances_*.json``
 ``--sbd-root``     SBD, for the ``train_aug`` list (train, pipeline)
 ``--checkpoint``   trained classifier weights to *use* (cams, pipeline, diagnostics)
 ``--init``         weights to *start training from* (train, pipeline's classifier)
@@ -14,7 +15,8 @@ Flags mean the same thing in every command that has them:
 ``--on-error``     cams: ``abort`` on an unreadable image (default) or ``skip`` it
 
 For the paper profile, ``--data-root``, ``--sbd-root`` and ``--init`` default to
-``$TRANSCAM_VOC_ROOT``, ``$TRANSCAM_SBD_ROOT`` and ``$TRANSCAM_INIT``
+``$TRANSCAM_VOC_ROOT``, ``$TRANSCAM_SBD_ROOT`` and ``$TRANSCAM_INIT``; for the coco profile
+``--data-root`` and ``--init`` to ``$TRANSCAM_COCO_ROOT`` and ``$TRANSCAM_INIT``
 (:func:`transcam_nb.config.paths_from_environment`, as in the book's Setup cell).
 ``--device``, ``--threads``, ``--no-progress``
 """
@@ -124,7 +126,7 @@ class _DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def add_profile(p, help: str = "tiny | paper (default: $TRANSCAM_PROFILE or tiny)", default=None) -> None:
+def add_profile(p, help: str = "tiny | paper | coco (default: $TRANSCAM_PROFILE or tiny)", default=None) -> None:
     p.add_argument("--profile", default=default, help=help)
 
 
@@ -137,7 +139,9 @@ def add_data_root(p, required: bool = False, help: str | None = None) -> None:
     p.add_argument("--data-root", "--voc-root", dest="data_root", default=None, required=required,
                    action=_DeprecatedAlias, deprecated=("--voc-root",),
                    help=(help or "VOC-layout folder holding JPEGImages/ (paper profile default: $TRANSCAM_VOC_ROOT; "
-                         "the tiny profile generates its benchmark without it)") + "; --voc-root is a deprecated alias")
+                         "the tiny profile generates its benchmark without it); --profile coco: the MS COCO folder "
+                         "holding annotations/instances_*.json (default: $TRANSCAM_COCO_ROOT)")
+                   + "; --voc-root is a deprecated alias")
 
 
 def add_sbd_root(p) -> None:
@@ -178,9 +182,10 @@ def add_runtime(p, device_default=None, threads_default=None) -> None:
 
 
 def profile_from_args(args, *, data_root: bool = True, **extra):
-    """The profile of ``--profile`` with the paper profile's path variables
-    (:func:`transcam_nb.config.paths_from_environment`: ``$TRANSCAM_VOC_ROOT``,
-    ``$TRANSCAM_SBD_ROOT``, ``$TRANSCAM_INIT``), then ``--set``, ``--data-root`` (unless
+    """The profile of ``--profile`` with its path variables
+    (:func:`transcam_nb.config.paths_from_environment`: paper ``$TRANSCAM_VOC_ROOT``,
+    ``$TRANSCAM_SBD_ROOT``, ``$TRANSCAM_INIT``; coco ``$TRANSCAM_COCO_ROOT``, ``$TRANSCAM_INIT``),
+    then ``--set``, ``--data-root`` (unless
     ``data_root=False``), ``--device``, ``--threads`` and ``extra`` applied (flags that are absent
     or ``None`` change nothing)."""
     from ..config import get_profile, parse_overrides, paths_from_environment

@@ -181,6 +181,10 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
     )
 
     prof = profile_from_args(args, init_checkpoint=args.init, sbd_root=args.sbd_root)
+    if prof.dataset == "coco":  # a wrong COCO root is refused before any work starts
+        from ..data.roots import resolve_data_root
+
+        resolve_data_root(prof, progress=False)
     cover = parse_overrides(args.config, PipelineConfig(), "--config")
     if args.checkpoint is not None and args.classifier not in (None, args.checkpoint):
         raise UsageError("give --checkpoint FILE or --classifier, not both")

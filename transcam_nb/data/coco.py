@@ -2,7 +2,9 @@
 
 The second standard WSSS benchmark. Weakly supervised work trains on ``train2014`` with image
 labels and evaluates pseudo labels / segmentation on ``val2014``, with the 80 "things" classes
-plus background (81 classes) and the crowd regions ignored.
+plus background (81 classes) and the crowd regions ignored. The ``coco`` profile
+(:mod:`transcam_nb.config`) runs every pipeline stage on it: :func:`transcam_nb.data.roots.build_dataset`
+builds this dataset wherever a VOC profile gets a :class:`~transcam_nb.data.voc.VOCDataset`.
 
 Layout. ``root`` holds the annotation files and one image folder per split::
 

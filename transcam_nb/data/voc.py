@@ -190,6 +190,11 @@ class _LabelledImages:
         v = cache[index]
         return None if v is None else v.copy()
 
+    def mask(self, index: int) -> np.ndarray:
+        """The uint8 H×W class mask of item ``index`` (0 bg, 1..K, 255 ignore); ``FileNotFoundError``
+        naming where it was looked for when the image has none."""
+        return self._read_mask(index, check_size=None)
+
     def labels(self, progress: bool = False) -> np.ndarray:
         """All label vectors as an (N, K) float32 array."""
         from tqdm.auto import tqdm
@@ -321,6 +326,7 @@ class VOCDataset(_LabelledImages):
         if label_source not in ("auto", "mask", "file", "xml"):
             raise ValueError(f"label_source must be 'auto', 'mask', 'file' or 'xml', got {label_source!r}")
         self.root = resolve_root(root)
+        self.image_dir = self.root / "JPEGImages"  # <id>.jpg
         self.split = str(split)
         self.mode = mode
         self.transform = transform
@@ -372,7 +378,7 @@ class VOCDataset(_LabelledImages):
 
     # -- paths -------------------------------------------------------------------------
     def image_path(self, index: int) -> Path:
-        return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
+        return self.image_dir / f"{self.ids[index]}.jpg"
 
     def mask_path(self, index: int) -> Path | None:
         iid = self.ids[index]

@@ -29,7 +29,7 @@ __all__ = ["build_model_for_profile", "require_init", "MissingInitError",
 #: profiles whose numbers assume pretrained initial weights: their classifier, AffinityNet and
 #: DeepLab refuse to start from random weights unless ``from_scratch=True`` (the tiny profile
 #: starts from its shipped pretext weights, or from scratch when its init is removed)
-PROFILES_NEEDING_INIT = ("paper",)
+PROFILES_NEEDING_INIT = ("paper", "coco")
 
 
 class MissingInitError(InputError):

@@ -47,7 +47,7 @@ def run(ctx: PipelineContext) -> dict:
     t0 = time.time()
     ids = ctx.pseudo_ids()
     crf_dir = ctx.stage_dir("crf")
-    ds = AffinityDataset.from_folders(ctx.data_root / "JPEGImages", crf_dir / "la", crf_dir / "ha", ids=ids,
+    ds = AffinityDataset.from_folders(ctx.image_dir(), crf_dir / "la", crf_dir / "ha", ids=ids,
                                       crop_size=acfg.crop_size, color_jitter=acfg.color_jitter, flip=acfg.flip,
                                       seed=acfg.seed)
     resuming = (d / "affinity_last.pt").is_file()

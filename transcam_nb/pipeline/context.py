@@ -111,15 +111,29 @@ class PipelineContext:
         return self._cache["root"]
 
     def dataset(self, split: str):
-        """A :class:`~transcam_nb.data.voc.VOCDataset` of ``split`` in "infer" mode (cached)."""
+        """The profile's dataset of ``split`` in "infer" mode (cached): a
+        :class:`~transcam_nb.data.voc.VOCDataset` or :class:`~transcam_nb.data.coco.COCODataset`
+        (:func:`transcam_nb.data.roots.build_dataset`, which dispatches on ``profile.dataset``)."""
         key = ("ds", split)
         if key not in self._cache:
-            from ..data.voc import VOCDataset
+            from ..data.roots import build_dataset
 
-            p = self.profile
-            self._cache[key] = VOCDataset(self.data_root, split, mode="infer", sbd_root=p.sbd_root,
-                                          cls_labels=p.cls_labels, label_source=p.label_source)
+            self._cache[key] = build_dataset(self.profile, split, "infer", data_root=self.data_root,
+                                             progress=self.progress)
         return self._cache[key]
+
+    def _index(self, split: str | None) -> tuple:
+        """``(dataset, {id: index})`` of ``split`` (default: the pseudo-label split)."""
+        split = split or self.pseudo_split
+        ds = self.dataset(split)
+        if ("index", split) not in self._cache:
+            self._cache[("index", split)] = {iid: k for k, iid in enumerate(ds.ids)}
+        return ds, self._cache[("index", split)]
+
+    def image_dir(self, split: str | None = None) -> Path:
+        """The folder holding the images of ``split`` as ``<id>.jpg`` (VOC: ``JPEGImages/``; COCO:
+        ``train2014/``, ...; default split: the pseudo-label split)."""
+        return Path(self.dataset(split or self.pseudo_split).image_dir)
 
     @property
     def pseudo_split(self) -> str:
@@ -135,13 +149,10 @@ class PipelineContext:
 
     def eval_ids(self) -> list[str]:
         """Pseudo-label images that are scored: those with a mask (within ``pseudo_eval_split``)."""
-        ds = self.dataset(self.pseudo_split)
-        index = {iid: i for i, iid in enumerate(ds.ids)}
+        ds, index = self._index(None)
         ids = self.pseudo_ids()
         if self.config.pseudo_eval_split:
-            from ..data.voc import read_id_list, split_list_path
-
-            keep = set(read_id_list(split_list_path(self.data_root, self.config.pseudo_eval_split)))
+            keep = set(self.dataset(self.config.pseudo_eval_split).ids)
             ids = [i for i in ids if i in keep]
         return [i for i in ids if ds.mask_path(index[i]) is not None]
 
@@ -149,19 +160,18 @@ class PipelineContext:
         ids = list(self.dataset(self.val_split).ids)
         return ids[: self.config.val_limit] if self.config.val_limit else ids
 
-    def mask(self, iid: str) -> np.ndarray:
-        from ..data.voc import load_mask
+    def mask(self, iid: str, split: str | None = None) -> np.ndarray:
+        """The ground-truth class mask of image ``iid`` of ``split`` (default: the pseudo-label split)."""
+        ds, index = self._index(split)
+        return ds.mask(index[iid])
 
-        ds = self.dataset(self.pseudo_split)
-        if "index" not in self._cache:
-            self._cache["index"] = {i: k for k, i in enumerate(ds.ids)}
-        return load_mask(ds.mask_path(self._cache["index"][iid]))
-
-    def image(self, iid: str) -> np.ndarray:
+    def image(self, iid: str, split: str | None = None) -> np.ndarray:
+        """Image ``iid`` of ``split`` (default: the pseudo-label split) as a uint8 H×W×3 array."""
         from ..data.voc import load_rgb
 
+        ds, index = self._index(split)
         # a writable copy: pydensecrf refuses read-only buffers (np.asarray of a PIL image is one)
-        return np.array(load_rgb(self.data_root / "JPEGImages" / f"{iid}.jpg"), dtype=np.uint8)
+        return np.array(load_rgb(ds.image_path(index[iid])), dtype=np.uint8)
 
     @property
     def num_fg(self) -> int:

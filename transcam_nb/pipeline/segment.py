@@ -50,14 +50,15 @@ def run(ctx: PipelineContext) -> dict:
     d = ctx.stage_dir("segment")
     t0 = time.time()
     labels = ctx.stage_dir("randomwalk") / ctx.config.seg_labels
-    res = train_segmentation(scfg, ctx.data_root, labels, ctx.pseudo_ids(), d, device=ctx.device, resume=True,
-                             progress=ctx.progress, from_scratch=ctx.config.from_scratch)
+    res = train_segmentation(scfg, None, labels, ctx.pseudo_ids(), d, device=ctx.device, resume=True,
+                             progress=ctx.progress, from_scratch=ctx.config.from_scratch, image_dir=ctx.image_dir())
     if res.iteration < scfg.iters:
         raise RuntimeError(f"DeepLab training stopped at iteration {res.iteration} of {scfg.iters}")
     model = load_segmentation_model(res.model_path, device=ctx.device)
-    cm = evaluate_segmentation(model, ctx.data_root, val_ids, scales=scfg.test_scales, flip=scfg.test_flip,
+    cm = evaluate_segmentation(model, None, val_ids, scales=scfg.test_scales, flip=scfg.test_flip,
                                crf=scfg.test_crf or None, num_classes=ctx.num_fg + 1, save_dir=d / "val_pred",
-                               progress=ctx.progress)
+                               progress=ctx.progress, image_dir=ctx.image_dir(ctx.val_split),
+                               gt_of=lambda iid: ctx.mask(iid, ctx.val_split))
     result = {"iterations": res.iteration, "last_loss": res.last_loss, "val_split": ctx.val_split,
               "num_val": len(val_ids), "test_scales": list(scfg.test_scales), "test_flip": scfg.test_flip,
               "test_crf": scfg.test_crf, "labels": ctx.config.seg_labels, "num_train": len(ctx.pseudo_ids()),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -188,11 +188,12 @@ def _progress(it, total, desc, enable):
     return tqdm(it, total=total, desc=desc, dynamic_ncols=True)
 
 
-def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: Iterable[str],
+def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike | None, ids: Iterable[str],
                           gt_dir: str | os.PathLike | None = None, scales: Sequence[float] = TEST_SCALES,
                           flip: bool = True, crf=None, num_classes: int | None = None,
                           save_dir: str | os.PathLike | None = None, size_divisor: int = 1, amp: bool = False,
-                          progress: bool = True):
+                          progress: bool = True, image_dir: str | os.PathLike | None = None,
+                          gt_of: Callable[[str], np.ndarray] | None = None):
     """Predict every image of ``ids`` with :func:`predict` and score it against the ground truth.
 
     Args:
@@ -200,6 +201,9 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
             :func:`transcam_nb.data.voc.resolve_root`).
         ids: image ids (e.g. ``transcam_nb.data.voc.read_id_list(root/"ImageSets/Segmentation/val.txt")``).
         gt_dir: ground-truth PNGs (default ``<root>/SegmentationClass``).
+        image_dir, gt_of: the images as ``<image_dir>/<id>.jpg`` and the ground truth as
+            ``gt_of(id)`` (a uint8 mask) instead of ``root``'s files, e.g. a COCO split's folder and
+            its rasterised masks (the pipeline passes its dataset's); ``root`` is then unused.
         num_classes: classes of the metric (default: ``model.num_classes``, else 21).
         save_dir: if given, each prediction is written there as ``<id>.png`` (VOC palette) and
             the scores as ``metrics.json``.
@@ -210,10 +214,14 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
     """
     from ..metrics import ConfusionMatrix
 
-    vroot = resolve_root(root)
-    gt_dir = Path(gt_dir) if gt_dir is not None else vroot / "SegmentationClass"
-    if not gt_dir.is_dir():
-        raise FileNotFoundError(f"ground-truth folder {str(gt_dir)!r} does not exist")
+    if image_dir is None or gt_of is None:
+        vroot = resolve_root(root)
+        gt_dir = Path(gt_dir) if gt_dir is not None else vroot / "SegmentationClass"
+        if gt_of is None and not gt_dir.is_dir():
+            raise FileNotFoundError(f"ground-truth folder {str(gt_dir)!r} does not exist")
+    image_dir = Path(image_dir) if image_dir is not None else vroot / "JPEGImages"
+    if gt_of is None:
+        gt_of = lambda image_id: read_label(gt_dir / f"{image_id}.png")  # noqa: E731
     ids = list(ids)
     if not ids:
         raise ValueError("ids is empty: nothing to evaluate")
@@ -221,8 +229,8 @@ def evaluate_segmentation(model: torch.nn.Module, root: str | os.PathLike, ids: 
     cm = ConfusionMatrix(num_classes=C, ignore_index=255)
     save_dir = Path(save_dir) if save_dir is not None else None
     for image_id in _progress(ids, len(ids), "evaluate", progress):
-        image = _read_rgb(vroot / "JPEGImages" / f"{image_id}.jpg")
-        gt = read_label(gt_dir / f"{image_id}.png")
+        image = _read_rgb(image_dir / f"{image_id}.jpg")
+        gt = gt_of(image_id)
         if gt.shape != image.shape[:2]:
             raise ValueError(f"ground truth {image_id}.png has size {gt.shape}, image has {image.shape[:2]}")
         pred = predict(model, image, scales=scales, flip=flip, crf=crf, size_divisor=size_divisor, amp=amp)

@@ -28,7 +28,8 @@ random crop (padded with 0 = the mean after normalisation for the image, 255 for
 ``SEG_PRESETS["tiny"]`` is a CPU-sized variant (ResNet-18 from scratch, small crops, BN not
 frozen because an untrained backbone has no statistics worth freezing).
 
-Data are read straight from disk: images ``<image_root>/JPEGImages/<id>.jpg`` and pseudo
+Data are read straight from disk: images ``<image_root>/JPEGImages/<id>.jpg`` (or
+``<image_dir>/<id>.jpg``, e.g. a COCO split's folder) and pseudo
 labels ``<pseudo_label_dir>/<id>.png`` (single-channel or palette PNG, 255 = ignore). Sample
 ``g`` of the run (iteration ``g // batch``) is a pure function of ``(seed, g)``: the image order
 is a fresh permutation per pass over the data and every augmentation draws from
@@ -146,10 +147,10 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
     ``default_rng([seed, 1, g])``. Length: ``iters × batch``.
     """
 
-    def __init__(self, cfg: SegConfig, image_root: str | os.PathLike, pseudo_label_dir: str | os.PathLike,
-                 ids: Sequence[str]):
+    def __init__(self, cfg: SegConfig, image_root: str | os.PathLike | None, pseudo_label_dir: str | os.PathLike,
+                 ids: Sequence[str], image_dir: str | os.PathLike | None = None):
         self.cfg = cfg
-        self.image_dir = resolve_root(image_root) / "JPEGImages"
+        self.image_dir = Path(image_dir) if image_dir is not None else resolve_root(image_root) / "JPEGImages"
         self.label_dir = Path(pseudo_label_dir)
         self.ids = list(ids)
         if not self.ids:
@@ -255,10 +256,10 @@ def seg_loop_config(cfg: SegConfig):
                       checkpoint_every_steps=int(cfg.ckpt_every), log_every=int(cfg.log_every))
 
 
-def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_label_dir: str | os.PathLike,
+def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike | None, pseudo_label_dir: str | os.PathLike,
                        ids: Sequence[str], out_dir: str | os.PathLike, device=None, resume: bool = True,
                        max_steps: int | None = None, progress: bool = True,
-                       from_scratch: bool = False) -> TrainResult:
+                       from_scratch: bool = False, image_dir: str | os.PathLike | None = None) -> TrainResult:
     """Train DeepLab on pseudo labels with the reference schedule (docs/reference.md §8), in the
     package's one training loop (:func:`transcam_nb.engine.train_loop`, settings from
     :func:`seg_loop_config`).
@@ -266,7 +267,7 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
     Args:
         cfg: a :class:`SegConfig` (``get_seg_config("paper")`` for the reference values).
         image_root: folder holding ``JPEGImages/`` (or a devkit root, see
-            :func:`transcam_nb.data.voc.resolve_root`).
+            :func:`transcam_nb.data.voc.resolve_root`); unused when ``image_dir`` is given.
         pseudo_label_dir: ``<id>.png`` pseudo labels (255 = ignore).
         ids: training image ids (the reference uses VOC ``train_aug``, 10,582 images).
         out_dir: receives ``last.pt`` (every ``cfg.ckpt_every`` iterations and at the end),
@@ -278,6 +279,8 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
         progress: show a tqdm bar with the loss.
         from_scratch: allow a backbone with frozen BatchNorm (the paper preset) to start from
             random weights; without it such a config needs ``pretrained_path``.
+        image_dir: the folder holding the images as ``<id>.jpg`` (instead of ``image_root/JPEGImages``;
+            the pipeline passes its dataset's, e.g. a COCO split's ``train2014/``).
     """
     from ..device import seed_everything
     from ..artifacts import append_jsonl
@@ -290,7 +293,7 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike, pseudo_lab
     ckpt_path, model_path, log_path = out_dir / files.checkpoint, out_dir / files.final, out_dir / "log.jsonl"
 
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
-    dataset = PseudoLabelDataset(cfg, image_root, pseudo_label_dir, ids)
+    dataset = PseudoLabelDataset(cfg, image_root, pseudo_label_dir, ids, image_dir=image_dir)
     resuming = resume and ckpt_path.is_file()
     if not resuming:  # frozen BN statistics of an untrained backbone mean nothing: the paper preset needs weights
         from ..models.factory import require_init

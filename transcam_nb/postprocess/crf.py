@@ -26,6 +26,11 @@ preset       unary               gaussian                   bilateral           
 :func:`make_la_ha_labels` builds the two PSA training label maps from normalised CAMs exactly
 as ``infer_TransCAM.py`` does: a score tensor with the constant background threshold in
 channel 0 and the CAMs at ``class + 1``, argmax, then the ``label`` CRF.
+
+:func:`refine_labels` is the one switch between this CRF and PAR (:mod:`.par`, AFA's
+pixel-adaptive refinement, plain torch, no C++ build) for hard label maps: the pipeline's
+``postprocess`` setting (``"crf"``, the paper, or ``"par"``) reaches the la/ha labels and the
+random walk's final step through it.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..config import POSTPROCESS_METHODS
 from ..pseudo import score_tensor
 
 __all__ = [
@@ -43,6 +49,8 @@ __all__ = [
     "get_crf_preset",
     "crf_labels",
     "crf_probs",
+    "POSTPROCESS_METHODS",
+    "refine_labels",
     "make_la_ha_labels",
     "labels_from_cams",
     "require_pydensecrf",
@@ -272,6 +280,25 @@ def crf_labels(image, labels, n_labels: int, preset: str | CRFPreset = "label", 
     return out.astype(np.uint8 if n_labels <= 256 else np.int64)
 
 
+def check_postprocess(postprocess: str) -> str:
+    """``postprocess`` if it names one of :data:`POSTPROCESS_METHODS`, else a ``ValueError``."""
+    if postprocess not in POSTPROCESS_METHODS:
+        raise ValueError(f"postprocess must be one of {POSTPROCESS_METHODS}, got {postprocess!r}")
+    return postprocess
+
+
+def refine_labels(image, labels, n_labels: int, postprocess: str = "crf", preset: str | CRFPreset = "label") -> np.ndarray:
+    """Refine a hard label map (H, W) guided by the uint8 image (H, W, 3) with the chosen
+    post-processing: ``"crf"`` = :func:`crf_labels` (``preset``, the paper's ``label`` CRF) or
+    ``"par"`` = :func:`~transcam_nb.postprocess.par.par_labels` (AFA's settings; ``preset`` is
+    not used). Returns the label map (uint8 up to 256 labels)."""
+    if check_postprocess(postprocess) == "par":
+        from .par import par_labels
+
+        return par_labels(image, labels, n_labels)
+    return crf_labels(image, labels, n_labels, preset=preset)
+
+
 def crf_probs(image, probs, preset: str | CRFPreset = "deeplab", scale_factor: float = 1.0, **overrides) -> np.ndarray:
     """Refine class probabilities (C, H, W) with a dense CRF; returns the CRF marginals.
 
@@ -336,21 +363,24 @@ def make_la_ha_labels(
     thresholds: Sequence[float] = (0.60, 0.25),
     num_classes: int = 20,
     preset: str | CRFPreset = "label",
+    postprocess: str = "crf",
 ) -> tuple[np.ndarray, ...]:
     """The PSA training labels from normalised CAMs, as ``infer_TransCAM.py`` (docs/reference.md §3).
 
     For each background threshold τ in ``thresholds`` (default 0.60 → "la", confident
     foreground; 0.25 → "ha", confident background): scores = [τ, CAM_c for present c] →
-    argmax → :func:`crf_labels` with ``n_labels = num_classes + 1`` (21 for VOC).
+    argmax → :func:`crf_labels` with ``n_labels = num_classes + 1`` (21 for VOC); with
+    ``postprocess="par"`` PAR instead of the CRF (:func:`refine_labels`).
 
     ``cams``: float32 (K, H, W) normalised CAMs of the K present classes at the image's size
     (as :func:`transcam_nb.cam.multiscale_cam` returns); ``classes``: their 0-based foreground
     indices. Returns one uint8 (H, W) label map per threshold, in the order given.
     """
+    check_postprocess(postprocess)
     img = _check_image(image)
     cams, classes = _check_cams(cams, classes, img.shape[:2], num_classes)
     out = []
     for t in thresholds:
         hard = labels_from_cams(cams, classes, float(t), num_classes)
-        out.append(crf_labels(img, hard, num_classes + 1, preset=preset))
+        out.append(refine_labels(img, hard, num_classes + 1, postprocess, preset=preset))
     return tuple(out)

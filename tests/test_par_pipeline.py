@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from transcam_nb import pipeline
-from transcam_nb.config import OverrideError, PipelineConfig, get_profile, parse_overrides
+from transcam_nb.config import PipelineConfig, get_profile, parse_overrides
 from transcam_nb.data import synthetic
 from transcam_nb.pipeline.context import PipelineContext, PipelineInputError, default_out_dir, postprocess_spec
 from transcam_nb.postprocess.crf import make_la_ha_labels, refine_labels
@@ -74,8 +74,6 @@ def test_unknown_postprocess_is_refused():
         refine_labels(img, disc.astype(np.uint8), 2, "bilateral")
     with pytest.raises(ValueError, match="postprocess must be one of"):
         make_la_ha_labels(img, cam, [0], num_classes=2, postprocess="PAR")
-    with pytest.raises(OverrideError, match="postprocess must be one of"):
-        PipelineConfig(postprocess="none")
 
 
 # ------------------------------------------------------------------------------- config and keys
@@ -135,6 +133,10 @@ def test_miniature_run_with_par_labels(mini, tmp_path):
     np.testing.assert_array_equal(load_label_png(out / "crf" / "la" / f"{iid}.png"), la)
     np.testing.assert_array_equal(load_label_png(out / "crf" / "ha" / f"{iid}.png"), ha)
     assert Image.open(out / "randomwalk" / "rw_crf" / f"{iid}.png").size == ctx_img.shape[1::-1]
+    # an unknown setting stops before any stage runs
+    with pytest.raises(PipelineInputError, match="postprocess must be one of"):
+        pipeline.run_pipeline(prof, tmp_path / "bad", config=cfg.replace(postprocess="none"), progress=False)
+    assert not (tmp_path / "bad" / "classifier").exists()
     # a changed setting is refused in the same folder instead of mixing labels
     with pytest.raises(PipelineInputError, match="postprocess"):
         pipeline.run_pipeline(prof, out, ["crf"], config=cfg.replace(postprocess="crf"), progress=False)

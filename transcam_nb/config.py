@@ -256,11 +256,6 @@ class Profile(Settings):
 # =============================================================================================
 # the pipeline (transcam_nb.pipeline)
 # =============================================================================================
-#: the label post-processings of :func:`transcam_nb.postprocess.crf.refine_labels`: the dense
-#: CRF (the paper) and PAR (AFA's pixel-adaptive refinement)
-POSTPROCESS_METHODS = ("crf", "par")
-
-
 @dataclass(frozen=True)
 class PipelineConfig(Settings):
     """How big each pipeline stage is and where its inputs come from (the profile says the rest).
@@ -299,11 +294,6 @@ class PipelineConfig(Settings):
     seg_overrides: dict = field(default_factory=dict)
     seg_labels: str = "rw_crf"  # "rw_crf" (the reference: infer_aff.py --crf True) or "rw"
     postprocess: str = "crf"  # label refinement of the crf / randomwalk stages: "crf" (the paper) or "par"
-
-    def __post_init__(self):
-        if self.postprocess not in POSTPROCESS_METHODS:
-            raise OverrideError(f"pipeline setting postprocess must be one of {POSTPROCESS_METHODS}, "
-                                f"got {self.postprocess!r}")
     val_split: str | None = None
     val_limit: int | None = None
     from_scratch: bool = False  # let paper-profile networks start from random weights (else they refuse)

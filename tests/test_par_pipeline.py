@@ -12,7 +12,12 @@ import pytest
 from transcam_nb import pipeline
 from transcam_nb.config import PipelineConfig, get_profile, parse_overrides
 from transcam_nb.data import synthetic
-from transcam_nb.pipeline.context import PipelineContext, PipelineInputError, default_out_dir, postprocess_spec
+from transcam_nb.pipeline.context import (
+    PipelineContext,
+    PipelineInputError,
+    default_out_dir,
+    postprocess_spec,
+)
 from transcam_nb.postprocess.crf import make_la_ha_labels, refine_labels
 from transcam_nb.postprocess.par import par_labels
 from transcam_nb.postprocess.random_walk import random_walk

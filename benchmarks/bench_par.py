@@ -17,7 +17,8 @@ Pseudo labels from a pipeline run's cached CAMs (``--run DIR``, e.g. the tiny pr
 ``<artifacts>/pipeline-tiny-<hash>``): for the first ``--limit`` images of its ``cams`` stage, the
 thresholded TransCAM maps at τ = 0.60 (la), 0.25 (ha, the tiny profile's fixed τ) as they are,
 after the ``label`` CRF and after PAR (:func:`transcam_nb.postprocess.crf.refine_labels`, the
-pipeline's ``postprocess`` setting): mIoU against the masks and seconds per image. ``--only-run``
+pipeline's ``postprocess`` setting): mIoU against the masks and seconds per refined label map
+(one image at one τ). ``--only-run``
 skips the timing and the VOC sample.
 
     python benchmarks/bench_par.py --threads 1 --out /tmp/bench_par.json
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
         r = res["run"] = bench_run(Path(args.run), args.limit, have_crf, args.profile)
         print(f"pipeline run {r['run']}: {r['num_images']} images ({r['size']}), seeds = thresholded TransCAM maps")
         for row in r["rows"]:
-            t = "" if row["s_per_image"] is None else f"  {row['s_per_image']:.4f} s/image"
+            t = "" if row["s_per_image"] is None else f"  {row['s_per_image']:.4f} s per label map"
             print(f"  tau {row['tau']:.2f}  {row['method']:<5} mIoU {100 * row['miou']:.2f}{t}")
     if args.only_run:
         _write(res, args.out)

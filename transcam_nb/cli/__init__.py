@@ -115,6 +115,7 @@ BAD_INPUT = (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryErro
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed (for results files)
     _show_progress_messages()
     try:
         return int(STAGES[args.stage].run(args) or 0)

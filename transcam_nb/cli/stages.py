@@ -10,8 +10,24 @@ import os
 import shlex
 import sys
 
-from .common import (UsageError, _DeprecatedAlias, one_line, add_checkpoint, add_data_root, add_from_scratch, add_init, add_out, add_profile, add_runtime, add_sbd_root, add_set,
-                     add_shard, parse_shard, profile_from_args, register_stage)
+from .common import (
+    UsageError,
+    _DeprecatedAlias,
+    add_checkpoint,
+    add_data_root,
+    add_from_scratch,
+    add_init,
+    add_out,
+    add_profile,
+    add_runtime,
+    add_sbd_root,
+    add_set,
+    add_shard,
+    one_line,
+    parse_shard,
+    profile_from_args,
+    register_stage,
+)
 
 log = logging.getLogger("transcam_nb.cli")
 
@@ -157,7 +173,12 @@ def _pipeline_args(p: argparse.ArgumentParser, stage: str | None = None) -> None
 def run_pipeline_command(args: argparse.Namespace) -> int:
     """Run ``pipeline`` (or one stage) from parsed arguments; prints the summary's numbers."""
     from ..config import PipelineConfig, parse_overrides
-    from ..pipeline import SUMMARY_KEYS, StageIncomplete, pipeline_config, run_pipeline
+    from ..pipeline import (
+        SUMMARY_KEYS,
+        StageIncomplete,
+        pipeline_config,
+        run_pipeline,
+    )
 
     prof = profile_from_args(args, init_checkpoint=args.init, sbd_root=args.sbd_root)
     cover = parse_overrides(args.config, PipelineConfig(), "--config")
@@ -232,3 +253,55 @@ def run_diagnostics(args: argparse.Namespace) -> int:
     # diagnostics belongs to the book layer, on top of the library; the command line reaches it
     # by name so that no library module imports it
     return importlib.import_module("transcam_nb.diagnostics").run_cli(args)
+
+
+# ----------------------------------------------------------------------------- seeds
+def _seeds_args(p: argparse.ArgumentParser) -> None:
+    add_profile(p)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    add_out(p, "folder of the runs: one resumable pipeline run per seed (OUT/seed<S>-<key>)")
+    p.add_argument("--results", default=None, help="the results file to (re)write (default: the committed one, "
+                   "transcam_nb/results/seeds-<profile>.json)")
+    add_data_root(p)
+    add_set(p, "a profile field (not seed: see --seeds)")
+    p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pipeline setting (transcam_nb.config.PipelineConfig), repeatable")
+    p.add_argument("--pseudo-limit", type=int, default=None, help="only the first N pseudo-label images")
+    p.add_argument("--val-limit", type=int, default=None, help="only the first N validation images")
+    p.add_argument("--no-book-row", action="store_true",
+                   help="do not also run seed 0 at the profile's own pipeline settings (the row the book checks)")
+    add_runtime(p)
+
+
+@register_stage("seeds", "the pipeline once per seed, one results file with every seed's numbers and the row the "
+                "book checks (transcam_nb/pipeline/seeds.py)", _seeds_args)
+def run_seeds_command(args: argparse.Namespace) -> int:
+    from ..config import PipelineConfig, parse_overrides
+    from ..pipeline import pipeline_config
+    from ..pipeline.seeds import (
+        command_line,
+        committed_table,
+        run_seeds,
+        seed_frame,
+    )
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    if not seeds:
+        raise UsageError("--seeds: give at least one seed")
+    prof = profile_from_args(args)
+    cover = parse_overrides(args.config, PipelineConfig(), "--config")
+    for name in ("pseudo_limit", "val_limit"):
+        if getattr(args, name) is not None:
+            cover[name] = getattr(args, name)
+    try:
+        cfg = pipeline_config(prof, **cover)
+    except TypeError as e:
+        raise UsageError(str(e)) from None
+    results = args.results or committed_table(prof)
+    table = run_seeds(prof, seeds, args.out, results, config=cfg, check_row=not args.no_book_row,
+                      progress=not args.no_progress, command=command_line(args.argv))
+    print(seed_frame(table).round(2).to_string())
+    return 0 if all(r["complete"] for r in table["runs"]) else 2

@@ -54,6 +54,7 @@ from .context import STAGES, SUMMARY_KEYS, PipelineContext, StageIncomplete, def
 from .report import (TABLE_ROWS, build_summary, find_run, load_example, read_affinity_history, read_deeplab_log,
                      read_summary, results_table)
 from .runner import STAGE_FUNCTIONS, run_pipeline, run_stage
+from .seeds import SEED_COLUMNS, check_seed_row, committed_table, read_seed_table, run_seeds, seed_frame, seed_row
 from .segment import seg_config
 
 __all__ = [
@@ -61,4 +62,5 @@ __all__ = [
     "cached_classifier", "load_classifier", "affinity_config", "build_affinity_net", "seg_config",
     "STAGE_FUNCTIONS", "run_stage", "run_pipeline", "default_out_dir", "build_summary", "find_run", "read_summary",
     "TABLE_ROWS", "results_table", "load_example", "read_deeplab_log", "read_affinity_history",
+    "SEED_COLUMNS", "run_seeds", "committed_table", "read_seed_table", "seed_frame", "seed_row", "check_seed_row",
 ]

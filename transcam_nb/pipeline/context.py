@@ -274,11 +274,15 @@ def postprocess_spec(spec: dict, postprocess: str) -> dict:
 
 def default_out_dir(profile: Profile, config: PipelineConfig | None = None) -> Path:
     """``<artifacts>/pipeline-<profile>-<hash of profile and settings>`` (the book's cache)."""
-    config = config or pipeline_config(profile)
+    return artifacts_dir() / f"pipeline-{profile.name}-{run_key(profile, config or pipeline_config(profile))}"
+
+
+def run_key(profile: Profile, config: PipelineConfig) -> str:
+    """The hash of what determines a pipeline run (the profile, its seed included, and the
+    pipeline settings): names the book's run folder and keys the seeds table's rows."""
     # from_scratch only allows a run that would otherwise stop: it never changes what a run produces
     cfg = {k: v for k, v in config.to_dict().items() if k != "from_scratch"}
     postprocess_spec(cfg, config.postprocess)
-    h = config_hash({"profile": trimmed_profile(profile), "config": cfg}, 10)
-    return artifacts_dir() / f"pipeline-{profile.name}-{h}"
+    return config_hash({"profile": trimmed_profile(profile), "config": cfg}, 10)
 
 

@@ -1,0 +1,150 @@
+"""The pipeline over several seeds, and the committed table of them.
+
+One command runs the whole pipeline once per seed and writes one results file::
+
+    python -m transcam_nb seeds --profile tiny --seeds 0,1,2 --pseudo-limit 200 --val-limit 200 \\
+        --out runs/seeds
+
+(``--results`` defaults to :func:`committed_table`'s file, ``transcam_nb/results/seeds-<profile>.json``,
+shipped with the package so that the book finds it wherever it is installed.)
+
+Each run is an ordinary, resumable pipeline run (``OUT/seed<S>-<key>``), so an interrupted
+command continues where it stopped, and the file is rewritten after every run. Every row
+carries its **run key**: the hash of the profile (with its seed) and the pipeline settings,
+the same hash that names the book's run folder (:func:`~transcam_nb.pipeline.default_out_dir`).
+By default the command also runs seed 0 at the profile's own pipeline settings, which is
+what chapter 6 computes; the book then calls :func:`check_seed_row` with the summary it just
+computed. A results file made with other settings, or numbers that drifted, stop the build
+with a message that names the command to run again.
+
+A row holds the summary's numbers in percent (:data:`SEED_COLUMNS`): the pseudo labels at
+the fixed τ (``cam``, ``transcam``), at the τ picked on the ground truth (``cam_best``,
+``transcam_best``), after the random walk (``random_walk``, ``random_walk_crf``), and
+DeepLab on the validation images (``deeplab_val``).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+from pathlib import Path
+from typing import Iterable
+
+from ..artifacts import read_json, write_json
+from ..config import PipelineConfig, Profile, get_profile
+from ..errors import InputError
+from .context import pipeline_config, run_key
+
+__all__ = ["SEED_COLUMNS", "run_key", "seed_row", "run_seeds", "committed_table", "read_seed_table", "seed_frame",
+           "check_seed_row"]
+
+#: where the committed results files live (package data)
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+
+#: the columns of a seed row: key -> label
+SEED_COLUMNS = {
+    "cam": "CAM (τ fixed)",
+    "transcam": "TransCAM (τ fixed)",
+    "cam_best": "CAM (best τ)",
+    "transcam_best": "TransCAM (best τ)",
+    "random_walk": "random walk",
+    "random_walk_crf": "random walk + CRF",
+    "deeplab_val": "DeepLab (val)",
+}
+#: the largest difference (mIoU points) :func:`check_seed_row` accepts: a single-threaded CPU run
+#: repeats to the last digit; the margin covers another CPU's arithmetic, not a changed setting
+#: (a changed setting changes the run key and is refused outright)
+ROW_TOLERANCE = 0.5
+
+
+def seed_row(summary: dict) -> dict:
+    """The :data:`SEED_COLUMNS` of a pipeline ``summary.json`` (percent, rounded to 0.01)."""
+    row = {k: summary[k] for k in ("cam", "transcam", "random_walk", "random_walk_crf", "deeplab_val")
+           if summary.get(k) is not None}
+    det = summary.get("details", {})
+    for name in ("cam", "transcam"):
+        if name in det and det[name].get("best_miou") is not None:
+            row[f"{name}_best"] = det[name]["best_miou"]
+    return {k: round(float(row[k]), 2) for k in SEED_COLUMNS if k in row}
+
+
+def _settings(config: PipelineConfig) -> dict:
+    return {"pseudo_limit": config.pseudo_limit, "val_limit": config.val_limit}
+
+
+def run_seeds(profile: Profile | str, seeds: Iterable[int], out_root: str | os.PathLike,
+              results: str | os.PathLike, *, config: PipelineConfig | None = None, check_row: bool = True,
+              progress: bool = True, command: str | None = None) -> dict:
+    """Run the pipeline of ``profile`` once per seed (``config``: the pipeline settings, default
+    the profile's) into ``out_root/seed<S>-<key>``; with ``check_row`` also seed 0 at the
+    profile's own settings (the book's run). Rewrites ``results`` after every run; returns it."""
+    from .runner import run_pipeline
+
+    base = profile if isinstance(profile, Profile) else get_profile(profile)
+    cfg = config or pipeline_config(base)
+    jobs = [(int(s), cfg, "table") for s in seeds]
+    book_cfg = pipeline_config(base)
+    if check_row and not any(s == 0 and c == book_cfg for s, c, _ in jobs):
+        jobs.append((0, book_cfg, "book"))
+    table = read_seed_table(results) if Path(results).is_file() else None
+    runs = {r["key"]: r for r in (table or {}).get("runs", [])}
+    for seed, c, role in jobs:
+        prof = base.replace(seed=seed)
+        key = run_key(prof, c)
+        summary = run_pipeline(prof, Path(out_root) / f"seed{seed}-{key}", config=c, progress=progress)
+        runs[key] = {"seed": seed, "role": role, "key": key, "settings": _settings(c), "row": seed_row(summary),
+                     "complete": all(v in ("ran", "skipped") for v in summary["details"]["status"].values())}
+        table = {"profile": base.name, "command": command, "written": datetime.datetime.now().isoformat(timespec="seconds"),
+                 "settings": _settings(cfg), "seeds": [s for s, _, r in jobs if r == "table"],
+                 "runs": sorted(runs.values(), key=lambda r: (r["role"] != "table", r["seed"]))}
+        write_json(results, table)
+    return table
+
+
+def committed_table(profile: Profile | str) -> Path:
+    """The committed results file of a profile (it may not exist: only the tiny profile ships one)."""
+    name = profile.name if isinstance(profile, Profile) else str(profile)
+    return RESULTS_DIR / f"seeds-{name}.json"
+
+
+def read_seed_table(path: str | os.PathLike) -> dict:
+    """A results file written by :func:`run_seeds` (``InputError`` naming it when it is not one)."""
+    t = read_json(path)
+    if not isinstance(t, dict) or not isinstance(t.get("runs"), list):
+        raise InputError(f"{Path(path).name}: not a seeds results file (written by `python -m transcam_nb seeds`)")
+    return t
+
+
+def seed_frame(table: dict):
+    """The table's runs (role ``"table"``) as a DataFrame: one row per seed, then the mean and
+    the spread (sample standard deviation) over the seeds."""
+    import pandas as pd
+
+    rows = {f"seed {r['seed']}": r["row"] for r in table["runs"] if r["role"] == "table"}
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df = df[[k for k in SEED_COLUMNS if k in df.columns]]
+    stats = pd.DataFrame([df.mean(), df.std(ddof=1)], index=["mean", "spread (std)"])
+    return pd.concat([df, stats]).rename(columns=SEED_COLUMNS)
+
+
+def check_seed_row(table: dict | str | os.PathLike, summary: dict, profile: Profile,
+                   config: PipelineConfig | None = None, tolerance: float = ROW_TOLERANCE) -> dict:
+    """Check that the results file holds the run the caller just computed (``summary`` of
+    ``profile`` with ``config``, default the profile's pipeline settings) with the same numbers.
+    Returns ``{column: (file, computed)}``; raises ``AssertionError`` naming the command to run
+    again when the file has no such run or a number differs by more than ``tolerance``."""
+    t = read_seed_table(table) if not isinstance(table, dict) else table
+    key = run_key(profile, config or pipeline_config(profile))
+    hint = f"run `{t.get('command') or 'python -m transcam_nb seeds'}` again and commit its file"
+    match = [r for r in t["runs"] if r["key"] == key]
+    assert match, f"the seeds results file holds no run with this build's settings (key {key}): {hint}"
+    mine = seed_row(summary)
+    pairs = {k: (match[0]["row"].get(k), mine.get(k)) for k in SEED_COLUMNS if k in mine}
+    bad = {k: v for k, v in pairs.items() if v[0] is None or abs(v[0] - v[1]) > tolerance}
+    assert not bad, f"the seeds results file differs from this build ({bad}): {hint}"
+    return pairs
+
+
+def command_line(argv: Iterable[str]) -> str:
+    """The command that wrote a results file, as one shell line (for the file's ``command``)."""
+    return "python -m transcam_nb " + " ".join(shlex.quote(a) for a in argv)

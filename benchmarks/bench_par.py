@@ -13,7 +13,16 @@ coarsened ×16 (nearest down, nearest up; void → background) are the seeds; ``
 (the authors' ``crf_inference_label``, 21 labels) and ``par_labels`` refine them. Pixel accuracy
 and mIoU (over the classes present in the 4 masks) before and after, and seconds per image.
 
+Pseudo labels from a pipeline run's cached CAMs (``--run DIR``, e.g. the tiny profile's
+``<artifacts>/pipeline-tiny-<hash>``): for the first ``--limit`` images of its ``cams`` stage, the
+thresholded TransCAM maps at τ = 0.60 (la), 0.25 (ha, the tiny profile's fixed τ) as they are,
+after the ``label`` CRF and after PAR (:func:`transcam_nb.postprocess.crf.refine_labels`, the
+pipeline's ``postprocess`` setting): mIoU against the masks and seconds per refined label map
+(one image at one τ). ``--only-run``
+skips the timing and the VOC sample.
+
     python benchmarks/bench_par.py --threads 1 --out /tmp/bench_par.json
+    python benchmarks/bench_par.py --threads 1 --only-run --run ARTIFACTS/pipeline-tiny-HASH --limit 64
 
 The CRF rows are skipped (with a note) when pydensecrf is not installed.
 """
@@ -144,13 +153,55 @@ def bench_quality(have_crf: bool) -> dict:
     return {"summary": summary, "per_image": per_image}
 
 
+def bench_run(run_dir: Path, limit: int, have_crf: bool, profile: str = "tiny",
+              thresholds=(0.60, 0.25)) -> dict:
+    """Seeds from a pipeline run's cached TransCAM maps, refined by nothing, the CRF and PAR."""
+    from transcam_nb.config import get_profile
+    from transcam_nb.metrics import ConfusionMatrix
+    from transcam_nb.pipeline.context import PipelineContext, pipeline_config
+    from transcam_nb.postprocess.crf import labels_from_cams, refine_labels
+    from transcam_nb.pseudo import load_cams
+
+    prof = get_profile(profile)
+    ctx = PipelineContext(prof, pipeline_config(prof), Path(run_dir), progress=False)
+    src = Path(run_dir) / "cams" / "transcam"
+    if not src.is_dir():
+        raise FileNotFoundError(f"--run {run_dir}: no cams/transcam folder (run the pipeline's cams stage first)")
+    ids = [i for i in ctx.pseudo_ids() if (src / f"{i}.npz").is_file()][:limit]
+    methods = ["none"] + (["crf"] if have_crf else []) + ["par"]
+    K = ctx.num_fg + 1
+    cms = {(t, m): ConfusionMatrix(K) for t in thresholds for m in methods}
+    secs = {m: 0.0 for m in methods}
+    for iid in ids:
+        cams, classes = load_cams(src / f"{iid}.npz")
+        img, gt = ctx.image(iid), ctx.mask(iid)
+        for t in thresholds:
+            hard = labels_from_cams(cams, classes, float(t), ctx.num_fg)
+            for m in methods:
+                t0 = time.perf_counter()
+                out = hard if m == "none" else refine_labels(img, hard, K, m)
+                secs[m] += time.perf_counter() - t0
+                cms[(t, m)].update(out, gt)
+    rows = [dict(tau=t, method=m, miou=cms[(t, m)].miou(),
+                 s_per_image=(secs[m] / max(1, len(ids) * len(thresholds))) if m != "none" else None)
+            for t in thresholds for m in methods]
+    return {"run": str(run_dir), "profile": profile, "num_images": len(ids),
+            "size": f"{img.shape[1]}x{img.shape[0]}" if ids else None, "rows": rows}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (pydensecrf is single-threaded)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--run", default=None, help="a pipeline run folder: CRF vs PAR on its cached CAMs")
+    ap.add_argument("--profile", default="tiny", help="the run's profile (default tiny)")
+    ap.add_argument("--limit", type=int, default=64, help="images of --run (default the first 64)")
+    ap.add_argument("--only-run", action="store_true", help="only the --run comparison")
     args = ap.parse_args(argv)
+    if args.only_run and not args.run:
+        ap.error("--only-run needs --run DIR")
 
     import torch
     from PIL import Image
@@ -160,18 +211,27 @@ def main(argv=None) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     have_crf = _have_crf()
-    root = _voc_root()
-    image = np.array(Image.open(root / "JPEGImages" / f"{VOC_IDS[0]}.jpg").convert("RGB"))
     res = {
         "threads": args.threads, "device": device, "torch": torch.__version__, "cpus": os.cpu_count(),
         "load_avg_1min": os.getloadavg()[0], "crf_available": have_crf,
-        "time": bench_time(image, args.repeats, device, have_crf),
-        "quality": bench_quality(have_crf),
     }
     if device == "cuda":
         res["gpu"] = torch.cuda.get_device_name(0)
     print(f"threads={args.threads} device={device} cpus={res['cpus']} load={res['load_avg_1min']:.1f}"
           + ("" if have_crf else "  (pydensecrf absent: no CRF rows)"))
+    if args.run:
+        r = res["run"] = bench_run(Path(args.run), args.limit, have_crf, args.profile)
+        print(f"pipeline run {r['run']}: {r['num_images']} images ({r['size']}), seeds = thresholded TransCAM maps")
+        for row in r["rows"]:
+            t = "" if row["s_per_image"] is None else f"  {row['s_per_image']:.4f} s per label map"
+            print(f"  tau {row['tau']:.2f}  {row['method']:<5} mIoU {100 * row['miou']:.2f}{t}")
+    if args.only_run:
+        _write(res, args.out)
+        return 0
+    root = _voc_root()
+    image = np.array(Image.open(root / "JPEGImages" / f"{VOC_IDS[0]}.jpg").convert("RGB"))
+    res["time"] = bench_time(image, args.repeats, device, have_crf)
+    res["quality"] = bench_quality(have_crf)
     print("seconds per image, random 21-class CAMs")
     for r in res["time"]:
         print(f"  {r['size']:>8}  {r['method']:<13} {r['s']:.4f}")
@@ -181,10 +241,14 @@ def main(argv=None) -> int:
         print(f"  {name:<5} pixel acc {s['pixel_acc']:.4f}  mIoU(present) {s['miou_present']:.4f}{t}")
     for r in res["quality"]["per_image"]:
         print("   ", "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1))
+    _write(res, args.out)
     return 0
+
+
+def _write(res: dict, out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

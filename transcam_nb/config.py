@@ -274,6 +274,9 @@ class PipelineConfig(Settings):
     masks, inside ``train_aug``); ``None``: every pseudo-label image that has a mask.
     ``val_split`` / ``val_limit``: where DeepLab is scored. ``affinity`` / ``segmentation``:
     whose record's :class:`AffinityConfig` / :class:`SegConfig` to use (a profile name).
+    ``postprocess``: how the crf stage's la/ha labels and the random walk's ``rw_crf`` labels are
+    refined: ``"crf"`` (the dense CRF, the paper) or ``"par"`` (AFA's PAR, no C++ build;
+    :func:`transcam_nb.postprocess.crf.refine_labels`).
     """
 
     _what: ClassVar[str] = "pipeline setting"
@@ -293,6 +296,7 @@ class PipelineConfig(Settings):
     segmentation: str = "paper"  # SEG_PRESETS name
     seg_overrides: dict = field(default_factory=dict)
     seg_labels: str = "rw_crf"  # "rw_crf" (the reference: infer_aff.py --crf True) or "rw"
+    postprocess: str = "crf"  # label refinement of the crf / randomwalk stages: "crf" (the paper) or "par"
     val_split: str | None = None
     val_limit: int | None = None
     from_scratch: bool = False  # let paper-profile networks start from random weights (else they refuse)

@@ -270,6 +270,18 @@ def cm_result(cm) -> dict:
     return {"miou": pct(cm.miou()), "iou": [pct(v) for v in cm.iou()]}
 
 
+def postprocess_spec(spec: dict, postprocess: str) -> dict:
+    """Put the label post-processing into a stage's (or run's) spec: PAR as ``"postprocess":
+    "par"``; the CRF, the default, adds nothing, so runs made before the setting existed keep
+    their keys and folders. Returns ``spec``."""
+    from ..postprocess.crf import check_postprocess
+
+    spec.pop("postprocess", None)
+    if check_postprocess(postprocess) != "crf":
+        spec["postprocess"] = postprocess
+    return spec
+
+
 def default_out_dir(profile: Profile, config: PipelineConfig | None = None) -> Path:
     """``<artifacts>/pipeline-<profile>-<hash of profile and settings>`` (the book's cache)."""
     return artifacts_dir() / f"pipeline-{profile.name}-{run_key(profile, config or pipeline_config(profile))}"
@@ -280,6 +292,7 @@ def run_key(profile: Profile, config: PipelineConfig) -> str:
     pipeline settings): names the book's run folder and keys the seeds table's rows."""
     # from_scratch only allows a run that would otherwise stop: it never changes what a run produces
     cfg = {k: v for k, v in config.to_dict().items() if k != "from_scratch"}
+    postprocess_spec(cfg, config.postprocess)
     return config_hash({"profile": trimmed_profile(profile), "config": cfg}, 10)
 
 

@@ -1,19 +1,20 @@
 """Stage 5, random walk: the cams stage's TransCAM maps diffused over the affinity stage's
 learnt affinities (``infer_aff.py``): ``DIR/randomwalk/rw/<id>.png`` and, with the final dense
-CRF, ``rw_crf/<id>.png``."""
+CRF (or PAR, with ``postprocess="par"``), ``rw_crf/<id>.png``."""
 from __future__ import annotations
 
 import time
 
 from .affinity import affinity_config, build_affinity_net
-from .context import PipelineContext, cm_result, png_confusion, progress_bar
+from .context import PipelineContext, cm_result, png_confusion, postprocess_spec, progress_bar
 
 __all__ = ["run"]
 
 
 def run(ctx: PipelineContext) -> dict:
     """Stage 5: random walk of the TransCAM maps over the learnt affinities (``infer_aff.py``,
-    docs/reference.md §7.2), without (``rw/``) and with (``rw_crf/``) the final dense CRF."""
+    docs/reference.md §7.2), without (``rw/``) and with (``rw_crf/``) the final dense CRF (or PAR:
+    ``postprocess="par"``)."""
     import torch
 
     from ..postprocess.affinity import load_affinity_checkpoint
@@ -26,6 +27,7 @@ def run(ctx: PipelineContext) -> dict:
     ids = ctx.pseudo_ids()
     spec = {"affinity": aff_done["key"], "cams": cams_done["key"], "bg": acfg.bg, "beta": acfg.beta,
             "logt": acfg.logt, "radius": acfg.radius, "crf_preset": "label"}
+    postprocess_spec(spec, ctx.config.postprocess)
     key = ctx.begin("randomwalk", spec)
     if ctx.finished("randomwalk", key):
         return ctx.finished("randomwalk", key)
@@ -52,12 +54,14 @@ def run(ctx: PipelineContext) -> dict:
             with torch.no_grad():
                 aff = model.dense_affinity(prepare_image(image, model.stride, ctx.device), acfg.radius)
             save_label_png(rw_dir / f"{iid}.png", random_walk(cams, classes, aff, **kw))
-            save_label_png(rwc_dir / f"{iid}.png", random_walk(cams, classes, aff, image, crf=True, **kw))
+            save_label_png(rwc_dir / f"{iid}.png", random_walk(cams, classes, aff, image, crf=True,
+                                                                   postprocess=ctx.config.postprocess, **kw))
     ctx.wait_until(lambda: all(has(i) for i in ids), "the random walks of the other shards")
     if ctx.done("randomwalk") is not None:
         return ctx.done("randomwalk")
     eval_ids = ctx.eval_ids()
     result = {"num_images": len(ids), "num_eval": len(eval_ids), "bg": acfg.bg, "beta": acfg.beta, "logt": acfg.logt,
+              "postprocess": ctx.config.postprocess,
               "random_walk": cm_result(png_confusion(ctx, rw_dir, eval_ids, "evaluate rw")),
               "random_walk_crf": cm_result(png_confusion(ctx, rwc_dir, eval_ids, "evaluate rw+crf"))}
     return ctx.finish("randomwalk", key, result, time.time() - t0)

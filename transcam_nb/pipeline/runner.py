@@ -90,6 +90,10 @@ def run_pipeline(profile: Profile | str | None = None, out_dir: str | os.PathLik
     bad = [s for s in wanted if s not in STAGES]
     if bad:
         raise PipelineInputError(f"unknown pipeline stage(s) {bad}; stages: {', '.join(STAGES)}")
+    from ..postprocess.crf import POSTPROCESS_METHODS
+
+    if cfg.postprocess not in POSTPROCESS_METHODS:
+        raise PipelineInputError(f"pipeline setting postprocess must be one of {POSTPROCESS_METHODS}, got {cfg.postprocess!r}")
     statuses: dict = {}
     t0 = time.time()
     for st in STAGES:

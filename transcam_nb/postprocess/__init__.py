@@ -11,7 +11,17 @@
 The CRF functions import the ``pydensecrf`` extension only when called, so this package
 imports without it.
 """
-from .crf import CRF_PRESETS, CRFPreset, crf_labels, crf_probs, get_crf_preset, labels_from_cams, make_la_ha_labels
+from .crf import (
+    CRF_PRESETS,
+    POSTPROCESS_METHODS,
+    CRFPreset,
+    crf_labels,
+    crf_probs,
+    get_crf_preset,
+    labels_from_cams,
+    make_la_ha_labels,
+    refine_labels,
+)
 from .par import PAR_DEFAULT, PARConfig, par_affinity, par_labels, par_probs, par_refine
 from .affinity import (
     AffinityNet,
@@ -37,6 +47,8 @@ __all__ = [
     "get_crf_preset",
     "labels_from_cams",
     "make_la_ha_labels",
+    "POSTPROCESS_METHODS",
+    "refine_labels",
     "PAR_DEFAULT",
     "PARConfig",
     "par_affinity",

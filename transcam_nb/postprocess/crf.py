@@ -26,6 +26,11 @@ preset       unary               gaussian                   bilateral           
 :func:`make_la_ha_labels` builds the two PSA training label maps from normalised CAMs exactly
 as ``infer_TransCAM.py`` does: a score tensor with the constant background threshold in
 channel 0 and the CAMs at ``class + 1``, argmax, then the ``label`` CRF.
+
+:func:`refine_labels` is the one switch between this CRF and PAR (:mod:`.par`, AFA's
+pixel-adaptive refinement, plain torch, no C++ build) for hard label maps: the pipeline's
+``postprocess`` setting (``"crf"``, the paper, or ``"par"``) reaches the la/ha labels and the
+random walk's final step through it.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from typing import Sequence
 import numpy as np
 
 from ..pseudo import score_tensor
+from .checks import _as_numpy, _check_image, _check_labels, _check_probs  # noqa: F401 (also crf._check_*)
 
 __all__ = [
     "CRFPreset",
@@ -43,6 +49,8 @@ __all__ = [
     "get_crf_preset",
     "crf_labels",
     "crf_probs",
+    "POSTPROCESS_METHODS",
+    "refine_labels",
     "make_la_ha_labels",
     "labels_from_cams",
     "require_pydensecrf",
@@ -157,69 +165,6 @@ def require_pydensecrf():
 
 
 # --------------------------------------------------------------------------------------------
-# input checks
-# --------------------------------------------------------------------------------------------
-def _as_numpy(x, name: str) -> np.ndarray:
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch tensor without importing torch here
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # pragma: no cover - exotic inputs
-            raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
-    return x
-
-
-def _check_image(image, name: str = "image") -> np.ndarray:
-    """The CRF's appearance kernel reads raw RGB bytes: a C-contiguous uint8 H×W×3 array."""
-    image = _as_numpy(image, name)
-    if image.dtype != np.uint8:
-        raise TypeError(f"{name} must be a uint8 RGB image (H, W, 3), got dtype {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{name} must have shape (H, W, 3) (RGB, channels last), got {image.shape}")
-    if image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"{name} is empty: shape {image.shape}")
-    # pydensecrf keeps a pointer to the buffer: it must be C-contiguous and writable (it rejects
-    # read-only arrays such as np.asarray(PIL image)), so copy when it is not
-    image = np.ascontiguousarray(image)
-    return image if image.flags.writeable else image.copy()
-
-
-def _check_labels(labels, n_labels: int, hw: tuple[int, int]) -> np.ndarray:
-    labels = _as_numpy(labels, "labels")
-    if labels.shape != hw:
-        raise ValueError(f"labels must have the image's spatial shape {hw}, got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.bool_:
-        raise TypeError(f"labels must be an integer label map, got dtype {labels.dtype}")
-    if not isinstance(n_labels, (int, np.integer)) or n_labels < 2:
-        raise ValueError(f"n_labels must be an integer >= 2 (background included), got {n_labels!r}")
-    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
-    if lo < 0 or hi >= n_labels:
-        raise ValueError(
-            f"labels must lie in [0, n_labels-1] = [0, {n_labels - 1}], found values in [{lo}, {hi}] "
-            "(map ignore values such as 255 to a real class before the CRF)"
-        )
-    return labels.astype(np.int64, copy=False)
-
-
-def _check_probs(probs, hw: tuple[int, int]) -> np.ndarray:
-    probs = _as_numpy(probs, "probs")
-    if probs.ndim != 3 or probs.shape[1:] != hw:
-        raise ValueError(f"probs must have shape (C, H, W) = (C, {hw[0]}, {hw[1]}), got {probs.shape}")
-    if probs.shape[0] < 2:
-        raise ValueError(f"probs needs at least 2 classes, got {probs.shape[0]}")
-    if not np.issubdtype(probs.dtype, np.floating):
-        raise TypeError(f"probs must be floating point class probabilities, got dtype {probs.dtype}")
-    if not np.all(np.isfinite(probs)):
-        raise ValueError("probs contains NaN or inf")
-    if probs.min() < 0 or probs.max() > 1 + 1e-4:
-        raise ValueError(
-            f"probs must be probabilities in [0, 1] (softmax output), found range [{probs.min():.4g}, {probs.max():.4g}]"
-        )
-    return probs.astype(np.float32, copy=False)
-
-
-# --------------------------------------------------------------------------------------------
 # inference
 # --------------------------------------------------------------------------------------------
 def _run(image: np.ndarray, unary: np.ndarray, n_labels: int, p: CRFPreset, scale_factor: float) -> np.ndarray:
@@ -270,6 +215,29 @@ def crf_labels(image, labels, n_labels: int, preset: str | CRFPreset = "label", 
     q = _run(img, unary, int(n_labels), p, 1.0)
     out = np.argmax(q, axis=0)
     return out.astype(np.uint8 if n_labels <= 256 else np.int64)
+
+
+#: the label post-processings of :func:`refine_labels`: the dense CRF (the paper) and PAR
+POSTPROCESS_METHODS = ("crf", "par")
+
+
+def check_postprocess(postprocess: str) -> str:
+    """``postprocess`` if it names one of :data:`POSTPROCESS_METHODS`, else a ``ValueError``."""
+    if postprocess not in POSTPROCESS_METHODS:
+        raise ValueError(f"postprocess must be one of {POSTPROCESS_METHODS}, got {postprocess!r}")
+    return postprocess
+
+
+def refine_labels(image, labels, n_labels: int, postprocess: str = "crf", preset: str | CRFPreset = "label") -> np.ndarray:
+    """Refine a hard label map (H, W) guided by the uint8 image (H, W, 3) with the chosen
+    post-processing: ``"crf"`` = :func:`crf_labels` (``preset``, the paper's ``label`` CRF) or
+    ``"par"`` = :func:`~transcam_nb.postprocess.par.par_labels` (AFA's settings; ``preset`` is
+    not used). Returns the label map (uint8 up to 256 labels)."""
+    if check_postprocess(postprocess) == "par":
+        from .par import par_labels
+
+        return par_labels(image, labels, n_labels)
+    return crf_labels(image, labels, n_labels, preset=preset)
 
 
 def crf_probs(image, probs, preset: str | CRFPreset = "deeplab", scale_factor: float = 1.0, **overrides) -> np.ndarray:
@@ -336,21 +304,24 @@ def make_la_ha_labels(
     thresholds: Sequence[float] = (0.60, 0.25),
     num_classes: int = 20,
     preset: str | CRFPreset = "label",
+    postprocess: str = "crf",
 ) -> tuple[np.ndarray, ...]:
     """The PSA training labels from normalised CAMs, as ``infer_TransCAM.py`` (docs/reference.md §3).
 
     For each background threshold τ in ``thresholds`` (default 0.60 → "la", confident
     foreground; 0.25 → "ha", confident background): scores = [τ, CAM_c for present c] →
-    argmax → :func:`crf_labels` with ``n_labels = num_classes + 1`` (21 for VOC).
+    argmax → :func:`crf_labels` with ``n_labels = num_classes + 1`` (21 for VOC); with
+    ``postprocess="par"`` PAR instead of the CRF (:func:`refine_labels`).
 
     ``cams``: float32 (K, H, W) normalised CAMs of the K present classes at the image's size
     (as :func:`transcam_nb.cam.multiscale_cam` returns); ``classes``: their 0-based foreground
     indices. Returns one uint8 (H, W) label map per threshold, in the order given.
     """
+    check_postprocess(postprocess)
     img = _check_image(image)
     cams, classes = _check_cams(cams, classes, img.shape[:2], num_classes)
     out = []
     for t in thresholds:
         hard = labels_from_cams(cams, classes, float(t), num_classes)
-        out.append(crf_labels(img, hard, num_classes + 1, preset=preset))
+        out.append(refine_labels(img, hard, num_classes + 1, postprocess, preset=preset))
     return tuple(out)

@@ -194,7 +194,7 @@ def par_refine(images: torch.Tensor, scores: torch.Tensor, config: PARConfig | N
 # numpy, one image (the interface of postprocess.crf)
 # ------------------------------------------------------------------------------------------
 def _image_tensor(image, device) -> torch.Tensor:
-    from .crf import _check_image
+    from .checks import _check_image
 
     img = _check_image(image)
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().to(device)
@@ -204,7 +204,7 @@ def par_probs(image, probs, config: PARConfig | None = None, device="cpu", **ove
     """PAR on one image: ``image`` uint8 (H, W, 3), ``probs`` (C, H, W) in [0, 1]; returns
     float32 (C, H, W) (each pixel keeps its sum under ``normalize``). The counterpart of
     :func:`~transcam_nb.postprocess.crf.crf_probs`."""
-    from .crf import _check_probs
+    from .checks import _check_probs
 
     img = _image_tensor(image, device)
     pr = _check_probs(probs, tuple(img.shape[-2:]))

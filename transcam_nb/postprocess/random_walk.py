@@ -87,6 +87,7 @@ def random_walk(
     stride: int = 8,
     crf: bool = False,
     crf_preset="label",
+    postprocess: str = "crf",
     device=None,
     return_scores: bool = False,
 ):
@@ -106,7 +107,8 @@ def random_walk(
     crf:
         also run step 9, :func:`~transcam_nb.postprocess.crf.crf_labels` (``n_labels =
         num_classes + 1``) on the padded image (padding de-normalises to the ImageNet mean
-        colour, as the reference) before cropping; needs ``image``.
+        colour, as the reference) before cropping; needs ``image``. ``postprocess="par"``
+        uses PAR there instead of the CRF (:func:`~transcam_nb.postprocess.crf.refine_labels`).
     device:
         where the transition matrix is built (default: where the affinity is; a model runs on
         its own device).
@@ -119,8 +121,9 @@ def random_walk(
     Returns uint8 (H, W) labels (0 = background, c+1 = class c); with ``return_scores`` also
     the walked scores at 1/8 resolution, [C+1, H'/8, W'/8].
     """
-    from .crf import _check_cams, crf_labels
+    from .crf import _check_cams, check_postprocess, refine_labels
 
+    check_postprocess(postprocess)
     cams, classes = _check_cams(cams, classes, None, num_classes)
     H, W = cams.shape[1:]
     Hp, Wp = H + (-H % stride), W + (-W % stride)
@@ -171,7 +174,7 @@ def random_walk(
         padded = np.empty((Hp, Wp, 3), np.uint8)
         padded[:] = pad_colour
         padded[:H, :W] = img
-        labels = crf_labels(padded, labels, num_classes + 1, preset=crf_preset)
+        labels = refine_labels(padded, labels, num_classes + 1, postprocess, preset=crf_preset)
     labels = labels[:H, :W]
     if return_scores:
         return labels, walked.cpu()

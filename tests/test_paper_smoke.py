@@ -4,7 +4,7 @@ The book and nbval run the chapters on the tiny profile only, so the paper profi
 (Conformer-S, VOC lists and labels, AffinityNet on ResNet-50, DeepLab on ResNet-101 with frozen
 BatchNorm, the paper's CRF and test-time flip) would otherwise first run on a GPU user's machine.
 Here every notebook runs with ``TRANSCAM_PROFILE=paper`` and ``TRANSCAM_SMOKE=1``
-(:data:`transcam_nb.config.SMOKE_OVERRIDES`: 64 px crops, a few steps, random weights through
+(:data:`transcam_nb.smoke.SMOKE_OVERRIDES`: 64 px crops, a few steps, random weights through
 ``from_scratch``) on a 4-image VOC devkit made from the shipped VOC sample, shrunk to 128 px so
 that the CPU finishes in minutes. The numbers it produces mean nothing; the test asserts that
 each chapter runs to the end and that the smoke run went through the paper profile.
@@ -84,7 +84,8 @@ def test_glue_check_can_fail():
 def test_smoke_is_paper_only(monkeypatch):
     """TRANSCAM_SMOKE changes the paper profile and never the tiny one (the book's numbers)."""
     from transcam_nb import workflow
-    from transcam_nb.config import get_profile, smoke_overrides
+    from transcam_nb.config import get_profile
+    from transcam_nb.smoke import smoke_overrides
     from transcam_nb.pipeline import pipeline_config
 
     monkeypatch.setenv("TRANSCAM_SMOKE", "1")

@@ -50,7 +50,7 @@ __all__ = [
     "Profile", "PipelineConfig", "AffinityConfig", "SegConfig", "PretrainConfig",
     "ProfileSettings", "SETTINGS", "PROFILES", "AFFINITY_PRESETS", "SEG_PRESETS",
     "get_settings", "get_profile", "get_affinity_preset", "get_seg_config", "pipeline_defaults",
-    "PATH_VARIABLES", "paths_from_environment", "SMOKE_VARIABLE", "SMOKE_OVERRIDES", "smoke_overrides",
+    "PATH_VARIABLES", "paths_from_environment",
 ]
 
 #: fields that change how a run goes (where, how fast, how often it saves or logs) but not
@@ -562,36 +562,6 @@ def paths_from_environment(profile: str, env=None) -> dict:
     if profile != "paper":
         return {}
     return {k: env[v] for k, v in PATH_VARIABLES.items() if env.get(v)}
-
-
-#: ``TRANSCAM_SMOKE=1`` makes a paper-profile run of the book a *smoke run*: the paper's code
-#: paths and networks (Conformer-S, AffinityNet's ResNet-50, DeepLab's ResNet-101) at a toy input
-#: size for a few steps, from random weights (``from_scratch=True``). It shows that every
-#: chapter runs, nothing more: its numbers mean nothing. Read by :func:`smoke_overrides`, which
-#: the book's Setup cell (:func:`transcam_nb.workflow.setup`) and
-#: :func:`transcam_nb.pipeline.pipeline_config` apply; the tiny profile ignores it.
-#: tests/test_paper_smoke.py runs every chapter this way on a 4-image VOC devkit.
-SMOKE_VARIABLE = "TRANSCAM_SMOKE"
-SMOKE_OVERRIDES = {
-    # Profile fields: 64 px crops, two CAM scales, two steps of two images
-    "classifier": dict(crop_size=64, resize_long=(64, 96), scales=(64, 96), batch_size=2, max_steps=2, epochs=1,
-                       num_workers=0),
-    # PipelineConfig fields: AffinityNet one epoch of 96 px crops, DeepLab two iterations of 64 px
-    # crops scored at one scale (flip and CRF kept: the paper's test-time path)
-    "pipeline": dict(from_scratch=True,
-                     affinity_overrides=dict(crop_size=96, batch_size=2, epochs=1, num_workers=0, save_every=1),
-                     seg_overrides=dict(iters=2, batch=2, crop=64, test_scales=(1.0,), workers=0, ckpt_every=1,
-                                        log_every=1)),
-}
-
-
-def smoke_overrides(profile: str, stage: str, env=None) -> dict:
-    """The :data:`SMOKE_OVERRIDES` of ``stage`` (``"classifier"`` or ``"pipeline"``) when
-    ``$TRANSCAM_SMOKE`` is set (not ``""``/``"0"``) and ``profile`` is ``"paper"``; else ``{}``."""
-    env = os.environ if env is None else env
-    if profile != "paper" or env.get(SMOKE_VARIABLE, "") in ("", "0"):
-        return {}
-    return dict(SMOKE_OVERRIDES[stage])
 
 
 def get_affinity_preset(name: str = "paper", **overrides) -> AffinityConfig:

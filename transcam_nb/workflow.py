@@ -17,7 +17,7 @@ Environment variables:
 ``TRANSCAM_SBD_ROOT``    SBD, for the ``train_aug`` list
 ``TRANSCAM_INIT``        the ImageNet Conformer checkpoint the paper profile starts from
 ``TRANSCAM_SMOKE``       ``1``: a paper-profile *smoke run* (toy sizes, a few steps, random weights
-                         allowed: :data:`transcam_nb.config.SMOKE_OVERRIDES`); its numbers mean nothing
+                         allowed: :data:`transcam_nb.smoke.SMOKE_OVERRIDES`); its numbers mean nothing
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from typing import Sequence
 from . import __version__
 from .artifacts import artifacts_dir, cached, config_hash
 from .cam import multiscale_variants  # noqa: F401 (re-exported; lives in cam.py)
-from .config import Profile, get_profile, paths_from_environment, smoke_overrides
+from .config import Profile, get_profile, paths_from_environment
+from .smoke import smoke_overrides
 from .device import describe, get_device, seed_everything, set_threads
 from .refine import VARIANTS
 
@@ -63,7 +64,7 @@ def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_lev
 
     ``from_scratch=True`` lets :func:`classifier` train the paper profile's classifier from random
     weights when no ``init_checkpoint`` is given (it refuses otherwise). ``$TRANSCAM_SMOKE``
-    (:func:`transcam_nb.config.smoke_overrides`) shrinks the paper profile to a smoke run and
+    (:func:`transcam_nb.smoke.smoke_overrides`) shrinks the paper profile to a smoke run and
     sets ``from_scratch``; the tiny profile ignores it."""
     logging.getLogger("transcam_nb").setLevel(log_level)
     PROGRESS["default"] = bool(progress)

@@ -15,7 +15,8 @@ from ..artifacts import artifacts_dir, config_hash
 from ..artifacts import read_json as _read_json
 from ..artifacts import to_jsonable as _norm
 from ..artifacts import write_json as _write_json
-from ..config import PipelineConfig, Profile, pipeline_defaults, smoke_overrides
+from ..config import PipelineConfig, Profile, pipeline_defaults
+from ..smoke import smoke_overrides
 from ..errors import InputError
 
 log = logging.getLogger("transcam_nb.pipeline")
@@ -34,7 +35,7 @@ def pipeline_config(profile: Profile | str | None = None, **overrides) -> Pipeli
     ``$TRANSCAM_CLASSIFIER`` (``workflow``, ``train`` or a weights file) replaces the default
     ``classifier="workflow"``, e.g. to run the pipeline from the authors' released weights.
     ``$TRANSCAM_SMOKE`` shrinks the paper profile's stages to a smoke run
-    (:func:`transcam_nb.config.smoke_overrides`)."""
+    (:func:`transcam_nb.smoke.smoke_overrides`)."""
     name = profile.name if isinstance(profile, Profile) else (profile or os.environ.get("TRANSCAM_PROFILE", "tiny"))
     base = smoke_overrides(name, "pipeline")
     if os.environ.get("TRANSCAM_CLASSIFIER"):

@@ -325,14 +325,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     sweep = ThresholdSweep(taus, num_classes=C) if kind != "png" else None
     cm_png = ConfusionMatrix(C, class_names=cls_names) if kind == "png" else None
     for iid in tqdm(use, desc="evaluate", disable=args.no_progress, dynamic_ncols=True):
-        gt = load_mask(gt_of(iid, index[iid]))
+        gt_path, pred_path = gt_of(iid, index[iid]), pred_dir / f"{iid}.{kind}"
+        gt = load_mask(gt_path)
         if kind == "png":
-            cm_png.update(load_label_png(pred_dir / f"{iid}.png"), gt)
+            pred = load_label_png(pred_path)
+            if pred.shape != gt.shape:
+                raise UsageError(f"{iid}: the label PNG {pred_path} is {pred.shape} but the mask is {gt.shape}")
         else:
-            cams, classes = load_cams(pred_dir / f"{iid}.{kind}", allow_pickle=args.allow_pickle)
-            if cams.shape[0] and cams.shape[1:] != gt.shape:
-                raise UsageError(f"{iid}: CAMs are {cams.shape[1:]} but the mask is {gt.shape}")
-            sweep.update(cams, classes, gt)
+            pred, classes = load_cams(pred_path, allow_pickle=args.allow_pickle)
+            if pred.shape[0] and pred.shape[1:] != gt.shape:
+                raise UsageError(f"{iid}: CAMs are {pred.shape[1:]} but the mask is {gt.shape}")
+        try:
+            cm_png.update(pred, gt) if kind == "png" else sweep.update(pred, classes, gt)
+        except ValueError as e:  # what the files hold: mask values or class indices outside the classes
+            raise UsageError(f"{iid}: {e} (mask {gt_path}, prediction {pred_path}; expected "
+                             f"{len(names)} foreground classes, --num-fg)") from None
 
     result = {"pred_dir": str(pred_dir), "type": kind, "images": len(use), "missing": len(missing)}
     if kind == "png":

@@ -99,6 +99,35 @@ def test_smoke_is_paper_only(monkeypatch):
     assert not pipeline_config("paper").from_scratch
 
 
+@pytest.mark.parametrize("from_scratch", [True, False])
+def test_pipeline_from_scratch_reaches_the_book_classifier(from_scratch, monkeypatch, tmp_path):
+    """`pipeline --from-scratch` (PipelineConfig.from_scratch) with the default classifier="workflow"
+    lets the classifier cache train the paper profile from random weights (it was dropped there)."""
+    import transcam_nb.train as train
+    from transcam_nb.config import get_profile
+    from transcam_nb.pipeline import PipelineContext, pipeline_config
+    from transcam_nb.pipeline import classifier as stage
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def fake_train(prof, run_dir, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(train, "train_classifier", fake_train)
+    monkeypatch.setenv("TRANSCAM_ARTIFACTS", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("TRANSCAM_SMOKE", raising=False)
+    monkeypatch.delenv("TRANSCAM_CLASSIFIER", raising=False)
+    prof = get_profile("paper", data_root=str(tmp_path))
+    ctx = PipelineContext(prof, pipeline_config(prof, from_scratch=from_scratch), tmp_path / "run", progress=False)
+    with pytest.raises(Stop):
+        stage.run(ctx)
+    assert seen["from_scratch"] is from_scratch
+
+
 def test_tiny_pipeline_config_ignores_smoke(monkeypatch):
     from transcam_nb.pipeline import pipeline_config
 

@@ -35,7 +35,46 @@ def files(tmp_path_factory):
     (d / "corrupt.pt").write_bytes(b"this is not a checkpoint")
     other = create_model("transcam_tiny", num_classes=21, embed_dim=64, num_heads=2, channel_ratio=0.25)
     torch.save(other.state_dict(), d / "other.pt")
-    return {"dir": d, "root": root, "good": d / "good.pt", "corrupt": d / "corrupt.pt", "other": d / "other.pt"}
+    return {"dir": d, "root": root, "good": d / "good.pt", "corrupt": d / "corrupt.pt", "other": d / "other.pt",
+            **_bad_evaluate_inputs(d, root)}
+
+
+def _bad_evaluate_inputs(d: Path, root: Path) -> dict:
+    """Prediction folders and VOC roots that `evaluate` (and `cams`) must refuse in one line."""
+    import numpy as np
+    from PIL import Image
+
+    ids = (root / "ImageSets" / "Segmentation" / "sample.txt").read_text().split()
+    sizes = {}
+    for i in ids:
+        with Image.open(root / "JPEGImages" / f"{i}.jpg") as im:
+            sizes[i] = im.size[::-1]
+    out = {}
+
+    def folder(name, write):
+        p = d / name
+        p.mkdir()
+        for i in ids:
+            write(p, i)
+        out[name] = p
+
+    folder("npz_corrupt", lambda p, i: (p / f"{i}.npz").write_bytes(b"not an archive"))
+    folder("npz_other", lambda p, i: np.savez(p / f"{i}.npz", foo=np.zeros(3)))
+    folder("npy_authors", lambda p, i: np.save(p / f"{i}.npy", {0: np.zeros(sizes[i])}, allow_pickle=True))
+    folder("png_corrupt", lambda p, i: (p / f"{i}.png").write_bytes(b"not a PNG"))
+    folder("png_small", lambda p, i: Image.fromarray(np.zeros((5, 5), np.uint8)).save(p / f"{i}.png"))
+    folder("png_good", lambda p, i: Image.fromarray(np.zeros(sizes[i], np.uint8)).save(p / f"{i}.png"))
+    for name, change in [
+        ("root_mask_corrupt", lambda r: (r / "SegmentationClass" / f"{ids[0]}.png").write_bytes(b"not a PNG")),
+        ("root_mask_values", lambda r: Image.fromarray(np.full(sizes[ids[0]], 40, np.uint8)).save(
+            r / "SegmentationClass" / f"{ids[0]}.png")),
+        ("root_no_classes", lambda r: (r / "classes.txt").write_text("# no names\n")),
+    ]:
+        r = d / name
+        shutil.copytree(root, r)
+        change(r)
+        out[name] = r
+    return out
 
 
 def _cams(f, out, ckpt, *extra):
@@ -62,6 +101,11 @@ def _fails_with_one_line(argv, capsys, *words, only=True):
     return lines[0]
 
 
+def _ev(pred: str, root: str = "root") -> str:
+    """An `evaluate` case line: predictions in files[pred], the VOC root files[root]."""
+    return f"evaluate --pred-dir {{{pred}}} --data-root {{{root}}} --split sample --no-progress"
+
+
 # one typical bad input per stage: (argv with {placeholders}, words the line must hold)
 BAD_INPUT = [
     ("cams-missing-checkpoint", "cams --checkpoint {dir}/nope.pt", ["--checkpoint", "nope.pt", "does not exist"]),
@@ -85,6 +129,16 @@ BAD_INPUT = [
     ("segment-before-randomwalk", "segment --out {out}", ["'randomwalk' is not complete"]),
     ("diagnostics-missing-checkpoint", "diagnostics --checkpoint {dir}/nope.pt --data-root {root}",
      ["--checkpoint", "nope.pt"]),
+    # evaluate: the files it reads (predictions, masks, class names) are data; each bad one is named
+    ("evaluate-corrupt-npz", _ev("npz_corrupt"), ["npz_corrupt", ".npz", "cannot read CAM file"]),
+    ("evaluate-npz-not-cams", _ev("npz_other"), ["npz_other", "not a transcam_nb CAM file"]),
+    ("evaluate-npy-without-allow-pickle", _ev("npy_authors"), ["npy_authors", "--allow-pickle"]),
+    ("evaluate-corrupt-png", _ev("png_corrupt"), ["png_corrupt", "cannot decode label PNG"]),
+    ("evaluate-png-wrong-size", _ev("png_small"), ["png_small", "(5, 5) but the mask is"]),
+    ("evaluate-corrupt-mask", _ev("png_good", "root_mask_corrupt"), ["root_mask_corrupt", "cannot decode mask"]),
+    ("evaluate-mask-values", _ev("png_good", "root_mask_values"), ["root_mask_values", "values [40]"]),
+    ("evaluate-no-class-names", _ev("png_good", "root_no_classes"), ["classes.txt", "lists no class names"]),
+    ("cams-no-class-names", "cams --checkpoint {good} --data-root {root_no_classes}", ["classes.txt"]),
 ]
 
 
@@ -170,6 +224,64 @@ def test_cams_skips_a_corrupt_image_and_reports_it(files, tmp_path):
     assert report["computed"] == 2 and report["images"] == 3
     done = sorted(p.stem for p in (out / "cams" / "transcam").glob("*.npz"))
     assert done == sorted([ids[0], ids[2]])
+
+
+# ------------------------------------------------------------------------ users' own folders (data.folder)
+BAD_LABEL_FILES = [  # (name, content, words): each must be an InputError naming the file, on one line
+    ("labels.json", "{", ["is not valid JSON"]),
+    ("labels.json", "[1, 2]", ["must hold a JSON object"]),
+    ("labels.json", '{"a.jpg": 3}', ["labels of 'a.jpg'", "list of class names"]),
+    ("labels.json", '{"a.jpg": [0, 1]}', ["uses class indices", "class_names="]),
+    ("labels.json", '{"a.jpg": []}', ["names no classes"]),
+    ("labels.xml", "<x/>", ["must be .csv or .json"]),
+    ("labels.csv", "", ["is empty"]),
+    ("labels.csv", "image\na.jpg\n", ["no 'labels' column"]),
+    ("labels.csv", "image,cat,dog\na.jpg,1,maybe\n", ["line 2", "'dog'", "expected 0 or 1"]),
+    ("labels.csv", "image,labels\na.jpg,cat unicorn\n", ["unknown class name 'unicorn'"]),
+]
+
+
+@pytest.mark.parametrize("name, content, words", BAD_LABEL_FILES, ids=[f"{c[0]}:{c[1][:12]}" for c in BAD_LABEL_FILES])
+def test_a_bad_label_file_is_one_input_error_naming_it(name, content, words, tmp_path):
+    from transcam_nb.data.folder import read_label_file
+    from transcam_nb.errors import InputError
+
+    path = tmp_path / name
+    path.write_text(content)
+    names = ("cat", "dog") if "unicorn" in content else None
+    with pytest.raises(InputError) as e:
+        read_label_file(path, names)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_folder_dataset_arguments_are_input_errors(tmp_path):
+    """Bad arguments and folder contents of FolderDataset: InputError naming the argument or file."""
+    import numpy as np
+    from PIL import Image
+
+    from transcam_nb.data.folder import FolderDataset
+    from transcam_nb.errors import InputError
+
+    img = tmp_path / "images"
+    (img / "sub").mkdir(parents=True)
+    for rel in ("a.jpg", "sub/a.png"):  # two files with the same stem
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img / rel)
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"a.jpg": ["cat"], "sub/a.png": ["cat"]}')
+    cases = [
+        (dict(mode="nope"), "mode must be one of"),
+        (dict(label_source="xml"), "label_source must be"),
+        (dict(mode="seg"), "mask_dir="),
+        (dict(), "share the id 'a'"),
+    ]
+    for kw, words in cases:
+        with pytest.raises(InputError, match=re.escape(words)):
+            FolderDataset(img, labels_file=labels, **kw)
+    with pytest.raises(InputError, match="labels_file is required"):
+        FolderDataset(img)
 
 
 # ------------------------------------------------------------------------ flags named in messages

@@ -444,7 +444,7 @@ def test_paper_profile_refuses_to_start_from_random_weights(tmp_path):
     from transcam_nb.models.factory import MissingInitError
 
     voc = tmp_path / "no_voc"
-    with pytest.raises(MissingInitError, match=r"init \(--init\).*from_scratch=True"):
+    with pytest.raises(MissingInitError, match=r"initial weights.*--init FILE.*from_scratch=True / --from-scratch"):
         train_classifier("paper", tmp_path / "run", data_root=voc, progress=False)
     with pytest.raises(Exception) as e:
         train_classifier("paper", tmp_path / "run", data_root=voc, progress=False, from_scratch=True)

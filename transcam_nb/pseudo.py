@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import atomic_path
 from .data.voc import voc_palette  # the VOC colour map (one implementation, in data/)
+from .errors import InputError
 
 __all__ = [
     "voc_palette",
@@ -142,10 +144,13 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label PNG {path} does not exist")
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L"):
-            raise ValueError(f"{path} is a {im.mode!r} image; a label map must be an 8-bit palette or grey PNG")
-        return np.asarray(im).copy()
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise InputError(f"{path} is a {im.mode!r} image; a label map must be an 8-bit palette or grey PNG")
+            return np.asarray(im).copy()
+    except (OSError, SyntaxError) as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise InputError(f"cannot decode label PNG {path} (corrupt or not an image): {e}") from None
 
 
 def save_cams(path: str | os.PathLike, cams, classes, *, size_hw=None, meta: dict | None = None,
@@ -184,30 +189,37 @@ def load_cams(path: str | os.PathLike, allow_pickle: bool = False, with_meta: bo
         raise FileNotFoundError(f"CAM file {path} does not exist")
     meta: dict = {}
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            missing = {"cams", "classes"} - set(z.files)
-            if missing:
-                raise ValueError(f"{path} is not a transcam_nb CAM file: it lacks {sorted(missing)} (has {z.files})")
-            cams = z["cams"].astype(np.float32)
-            classes = z["classes"].astype(np.int64)
-            if "meta" in z.files:
-                meta = json.loads(str(z["meta"]))
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = {"cams", "classes"} - set(z.files)
+                if missing:
+                    raise InputError(f"{path} is not a transcam_nb CAM file: it lacks {sorted(missing)} "
+                                     f"(has {z.files})")
+                cams = z["cams"].astype(np.float32)
+                classes = z["classes"].astype(np.int64)
+                if "meta" in z.files:
+                    meta = json.loads(str(z["meta"]))
+        except InputError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # not an .npz archive, or cut short
+            raise InputError(f"cannot read CAM file {path}: corrupt, or not a .npz written by transcam_nb "
+                             f"({type(e).__name__})") from None
     elif path.suffix == ".npy":
         if not allow_pickle:
-            raise ValueError(
+            raise InputError(
                 f"{path} looks like an authors'-format CAM file (a pickled dict in .npy); reading it needs "
-                "allow_pickle=True. Only do that for files you trust: unpickling can run code"
+                "allow_pickle=True (--allow-pickle). Only do that for files you trust: unpickling can run code"
             )
         obj = np.load(path, allow_pickle=True)
         if obj.dtype != object or obj.shape != ():
-            raise ValueError(f"{path}: expected a pickled dict {{class: HxW map}}, got an array of shape {obj.shape}")
+            raise InputError(f"{path}: expected a pickled dict {{class: HxW map}}, got an array of shape {obj.shape}")
         d = obj.item()
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a dict {{class: HxW map}}, got {type(d).__name__}")
+            raise InputError(f"{path}: expected a dict {{class: HxW map}}, got {type(d).__name__}")
         keys = sorted(int(k) for k in d)
         classes = np.asarray(keys, dtype=np.int64)
         cams = (np.stack([np.asarray(d[k], dtype=np.float32) for k in keys]) if keys
                 else np.zeros((0, 0, 0), np.float32))
     else:
-        raise ValueError(f"unknown CAM file type {path.suffix!r} for {path}; expected .npz or .npy")
+        raise InputError(f"unknown CAM file type {path.suffix!r} for {path}; expected .npz or .npy")
     return (cams, classes, meta) if with_meta else (cams, classes)

@@ -159,9 +159,10 @@ def train_classifier(
     out_dir = Path(out_dir)
     resuming = resume and (out_dir / CHECKPOINT_NAME).is_file()
     if not resuming and model is None:  # fail before generating or reading data
-        require_init(prof.init_checkpoint, who=f"profile {prof.name!r}: the classifier", argument="init (--init)",
-                     expected=f"the official ImageNet Conformer file for {prof.model}, e.g. "
-                              "Conformer_small_patch16.pth", from_scratch=from_scratch,
+        require_init(prof.init_checkpoint, who=f"the {prof.name} profile's classifier",
+                     argument="init=FILE / --init FILE",
+                     expected=f"the official ImageNet Conformer file for {prof.model} (e.g. "
+                              "Conformer_small_patch16.pth)", from_scratch=from_scratch,
                      needs_init=prof.name in PROFILES_NEEDING_INIT)
     dataset = build_train_dataset(prof, allow_pickle=allow_pickle, progress=progress and rank == 0)
     if model is None:

@@ -16,6 +16,8 @@ Environment variables:
 ``TRANSCAM_VOC_ROOT``    the paper profile's VOC 2012 folder (holding ``JPEGImages/``)
 ``TRANSCAM_SBD_ROOT``    SBD, for the ``train_aug`` list
 ``TRANSCAM_INIT``        the ImageNet Conformer checkpoint the paper profile starts from
+``TRANSCAM_SMOKE``       ``1``: a paper-profile *smoke run* (toy sizes, a few steps, random weights
+                         allowed: :data:`transcam_nb.smoke.SMOKE_OVERRIDES`); its numbers mean nothing
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from . import __version__
 from .artifacts import artifacts_dir, cached, config_hash
 from .cam import multiscale_variants  # noqa: F401 (re-exported; lives in cam.py)
 from .config import Profile, get_profile, paths_from_environment
+from .smoke import smoke_overrides
 from .device import describe, get_device, seed_everything, set_threads
 from .refine import VARIANTS
 
@@ -40,6 +43,9 @@ DEFAULT_VARIANTS = VARIANTS  # the one table lives in refine.py
 #: Whether the book's long calls (training, CAM sweeps) draw progress bars when not told; set by
 #: :func:`setup` (off: the bars' thousands of updates would land in the rendered chapters).
 PROGRESS = {"default": False}
+#: Whether :func:`classifier` may train a profile that needs initial weights (the paper profile)
+#: from random ones when none are given; set by :func:`setup` (``from_scratch=``, or a smoke run).
+FROM_SCRATCH = {"default": False}
 
 
 def _progress(flag: bool | None) -> bool:
@@ -47,19 +53,27 @@ def _progress(flag: bool | None) -> bool:
 
 
 def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_level: int = logging.WARNING,
-          progress: bool = False, **overrides) -> Profile:
+          progress: bool = False, from_scratch: bool | None = None, **overrides) -> Profile:
     """The Setup cell: choose the profile (argument, else ``$TRANSCAM_PROFILE``, else tiny),
     apply the paper profile's path variables, set threads and seeds, print what was chosen.
 
     The package's progress and cache messages (``[cached] ...``, ``[compute] ...`` on the
     ``transcam_nb`` logger) are kept out of the chapters' outputs: the logger is set to
     ``log_level`` (WARNING; pass ``logging.INFO`` to see them while working in a notebook), and
-    progress bars are off unless ``progress=True``."""
+    progress bars are off unless ``progress=True``.
+
+    ``from_scratch=True`` lets :func:`classifier` train the paper profile's classifier from random
+    weights when no ``init_checkpoint`` is given (it refuses otherwise). ``$TRANSCAM_SMOKE``
+    (:func:`transcam_nb.smoke.smoke_overrides`) shrinks the paper profile to a smoke run and
+    sets ``from_scratch``; the tiny profile ignores it."""
     logging.getLogger("transcam_nb").setLevel(log_level)
     PROGRESS["default"] = bool(progress)
     if not isinstance(profile, Profile):
         profile = get_profile(profile)
+    smoke = smoke_overrides(profile.name, "pipeline")
+    FROM_SCRATCH["default"] = bool(smoke.get("from_scratch", False) if from_scratch is None else from_scratch)
     env = {k: v for k, v in paths_from_environment(profile.name).items() if k not in overrides}
+    env.update({k: v for k, v in smoke_overrides(profile.name, "classifier").items() if k not in overrides})
     profile = profile.replace(**env, **overrides) if (env or overrides) else profile
     set_threads(profile.threads)
     seed_everything(profile.seed)
@@ -67,6 +81,9 @@ def setup(profile: str | Profile | None = None, *, verbose: bool = True, log_lev
         info = describe(get_device(profile.device))
         print(f"profile : {profile.summary()}")
         print("versions: " + ", ".join(f"{k} {v}" for k, v in info.items()) + f", transcam_nb {__version__}")
+        if smoke:
+            print("note    : smoke run ($TRANSCAM_SMOKE) — the paper's code paths at a toy size from random "
+                  "weights; its numbers mean nothing")
         if profile.name == "tiny":
             print("note    : tiny profile — a synthetic benchmark and a narrow Conformer on a CPU; "
                   "these are NOT the paper's numbers")
@@ -80,18 +97,22 @@ def data_root(profile: Profile) -> Path:
     return Path(resolve_data_root(profile, progress=False))
 
 
-def classifier(profile: Profile, *, init: str | None = "profile", progress: bool | None = None, **overrides):
+def classifier(profile: Profile, *, init: str | None = "profile", progress: bool | None = None,
+               from_scratch: bool | None = None, **overrides):
     """The trained classifier of ``profile``: ``(model, run_dir)``, from the classifier cache
     (:func:`transcam_nb.pipeline.classifier.cached_classifier`, shared with the pipeline).
 
     ``init="profile"`` starts from the profile's ``init_checkpoint`` (the tiny profile's shipped
     pretrained weights, or the official ImageNet file for the paper profile); ``init=None``
     trains from scratch; a path starts from that file. A finished run with the same
-    configuration is loaded instead of retrained; an unfinished one is resumed.
+    configuration is loaded instead of retrained; an unfinished one is resumed. The paper profile
+    without an ``init_checkpoint`` refuses to start unless ``from_scratch`` (default: what
+    :func:`setup` chose).
     """
     from .pipeline.classifier import cached_classifier
 
-    return cached_classifier(profile, init=init, progress=_progress(progress), **overrides)
+    scratch = FROM_SCRATCH["default"] if from_scratch is None else bool(from_scratch)
+    return cached_classifier(profile, init=init, progress=_progress(progress), from_scratch=scratch, **overrides)
 
 
 def eval_dataset(profile: Profile, split: str | None = None):

@@ -250,7 +250,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _eval_items(args):
-    """(ids, gt masks ``gt_of(id, index)``, class names) from --data-root/--split/--list/--gt-dir."""
+    """(ids, ``gt_of(id, index)`` -> (mask, its file), class names) from --data-root/--split/--list/--gt-dir."""
     from ..config import VOC_CLASSES
     from ..data.voc import load_mask, read_id_list
 
@@ -272,13 +272,14 @@ def _eval_items(args):
         gt_dir = Path(args.gt_dir)
         if not gt_dir.is_dir():
             raise UsageError(f"--gt-dir {gt_dir} is not a folder")
-        gt_of = lambda iid, _i=None: load_mask(gt_dir / f"{iid}.png")
+        def gt_of(iid, _i=None):
+            return load_mask(gt_dir / f"{iid}.png"), gt_dir / f"{iid}.png"
     else:
-        def gt_of(iid, i):
+        def gt_of(iid, i):  # (mask, where it comes from): a PNG, or the COCO annotations rasterised
             if ds.mask_path(i) is None:
                 raise UsageError(f"no ground-truth mask for image {iid!r} under {ds.root} (SegmentationClass/ or "
                                  "SegmentationClassAug/); give --gt-dir")
-            return ds.mask(i)
+            return ds.mask(i), ds.mask_path(i)
     if names is None:
         K = args.num_fg or 20
         names = list(VOC_CLASSES) if K == 20 else [str(k) for k in range(K)]
@@ -327,14 +328,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     sweep = ThresholdSweep(taus, num_classes=C) if kind != "png" else None
     cm_png = ConfusionMatrix(C, class_names=cls_names) if kind == "png" else None
     for iid in tqdm(use, desc="evaluate", disable=args.no_progress, dynamic_ncols=True):
-        gt = gt_of(iid, index[iid])
+        (gt, gt_path), pred_path = gt_of(iid, index[iid]), pred_dir / f"{iid}.{kind}"
         if kind == "png":
-            cm_png.update(load_label_png(pred_dir / f"{iid}.png"), gt)
+            pred = load_label_png(pred_path)
+            if pred.shape != gt.shape:
+                raise UsageError(f"{iid}: the label PNG {pred_path} is {pred.shape} but the mask is {gt.shape}")
         else:
-            cams, classes = load_cams(pred_dir / f"{iid}.{kind}", allow_pickle=args.allow_pickle)
-            if cams.shape[0] and cams.shape[1:] != gt.shape:
-                raise UsageError(f"{iid}: CAMs are {cams.shape[1:]} but the mask is {gt.shape}")
-            sweep.update(cams, classes, gt)
+            pred, classes = load_cams(pred_path, allow_pickle=args.allow_pickle)
+            if pred.shape[0] and pred.shape[1:] != gt.shape:
+                raise UsageError(f"{iid}: CAMs are {pred.shape[1:]} but the mask is {gt.shape}")
+        try:
+            cm_png.update(pred, gt) if kind == "png" else sweep.update(pred, classes, gt)
+        except ValueError as e:  # what the files hold: mask values or class indices outside the classes
+            raise UsageError(f"{iid}: {e} (mask {gt_path}, prediction {pred_path}; expected "
+                             f"{len(names)} foreground classes, --num-fg)") from None
 
     result = {"pred_dir": str(pred_dir), "type": kind, "images": len(use), "missing": len(missing)}
     if kind == "png":

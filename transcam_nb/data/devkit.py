@@ -19,6 +19,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InputError
+
 __all__ = [
     "VOC_CLASSES",
     "VOC_PALETTE",
@@ -83,15 +85,15 @@ def image_labels(mask, num_classes: int = 20) -> np.ndarray:
 
     ``mask`` is an H×W integer array or a PIL "P"/"L" image with 0 = background,
     1..K = classes, 255 = ignore. Class k (0-based) is present when value k+1 occurs.
-    Values in K+1..254 (or negative) raise ``ValueError``: they are not valid labels.
+    Values in K+1..254 (or negative) raise :class:`~transcam_nb.errors.InputError`: they are not valid labels.
     """
     arr = np.asarray(mask)
     if arr.ndim != 2:
-        raise ValueError(f"image_labels expects a 2-D class-index mask, got shape {arr.shape}")
+        raise InputError(f"image_labels expects a 2-D class-index mask, got shape {arr.shape}")
     values = np.unique(arr)
     bad = values[(values < 0) | ((values > num_classes) & (values != IGNORE_INDEX))]
     if bad.size:
-        raise ValueError(
+        raise InputError(
             f"mask values {bad.tolist()} are not class indices: expected 0 (background), "
             f"1..{num_classes} or {IGNORE_INDEX} (ignore)"
         )
@@ -131,11 +133,11 @@ def read_class_names(root, default: Sequence[str] = VOC_CLASSES) -> tuple[str, .
     if names and names[0].lower() in ("background", "__background__", "_background_"):
         names = names[1:]
     if not names:
-        raise ValueError(f"{path} lists no class names (expected one foreground class name a line)")
+        raise InputError(f"{path} lists no class names (expected one foreground class name a line)")
     if len(set(names)) != len(names):
-        raise ValueError(f"{path} repeats class names: {names}")
+        raise InputError(f"{path} repeats class names: {names}")
     if len(names) > 254:
-        raise ValueError(f"{path} lists {len(names)} classes; masks are 8-bit, at most 254 fit")
+        raise InputError(f"{path} lists {len(names)} classes; masks are 8-bit, at most 254 fit")
     return tuple(names)
 
 
@@ -204,13 +206,13 @@ def read_sbd_mat(path) -> np.ndarray:
     try:
         mat = loadmat(str(path), squeeze_me=True, struct_as_record=False)
     except Exception as e:
-        raise ValueError(f"cannot read SBD mask {path}: {e}") from e
+        raise InputError(f"cannot read SBD mask {path}: {e}") from e
     gt = mat.get("GTcls")
     if gt is None or not hasattr(gt, "Segmentation"):
-        raise ValueError(f"{path} has no GTcls.Segmentation field (expected an SBD cls/*.mat file)")
+        raise InputError(f"{path} has no GTcls.Segmentation field (expected an SBD cls/*.mat file)")
     seg = np.asarray(gt.Segmentation)
     if seg.ndim != 2:
-        raise ValueError(f"{path}: GTcls.Segmentation has shape {seg.shape}, expected H×W")
+        raise InputError(f"{path}: GTcls.Segmentation has shape {seg.shape}, expected H×W")
     return seg.astype(np.uint8)
 
 
@@ -219,7 +221,7 @@ def save_mask(path, mask: np.ndarray, palette: Sequence[int] = VOC_PALETTE) -> P
     path = Path(path)
     arr = np.asarray(mask)
     if arr.ndim != 2 or arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
-        raise ValueError(f"mask for {path} must be H×W with values 0..255, got shape {arr.shape}")
+        raise InputError(f"mask for {path} must be H×W with values 0..255, got shape {arr.shape}")
     im = Image.fromarray(arr.astype(np.uint8))
     im.putpalette(list(palette))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -244,12 +246,12 @@ def _to_rgb(img: Image.Image, path) -> Image.Image:
     try:
         return img.convert("RGB")
     except (ValueError, OSError) as e:
-        raise ValueError(f"cannot convert image {path} (mode {img.mode}) to RGB: {e}") from e
+        raise InputError(f"cannot convert image {path} (mode {img.mode}) to RGB: {e}") from e
 
 
 def load_rgb(path) -> Image.Image:
-    """Open an image file as a fully decoded PIL RGB image. Raises ``FileNotFoundError``
-    when absent and ``ValueError`` (naming the path) when it cannot be decoded."""
+    """Open an image file as a fully decoded PIL RGB image. Raises ``FileNotFoundError`` when
+    absent and :class:`~transcam_nb.errors.InputError` (naming the path) when it cannot be decoded."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
@@ -260,7 +262,7 @@ def load_rgb(path) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         if isinstance(e, FileNotFoundError):
             raise
-        raise ValueError(f"cannot decode image {path} (corrupt or not an image): {e}") from e
+        raise InputError(f"cannot decode image {path} (corrupt or not an image): {e}") from e
 
 
 def _rgb_mask_to_index(arr: np.ndarray, palette: Sequence[int], path) -> np.ndarray:
@@ -275,7 +277,7 @@ def _rgb_mask_to_index(arr: np.ndarray, palette: Sequence[int], path) -> np.ndar
     for u in uniq:
         if int(u) not in lut:
             r, g, b = (int(u) >> 16) & 255, (int(u) >> 8) & 255, int(u) & 255
-            raise ValueError(f"RGB mask {path} has colour {(r, g, b)} that is not in the VOC palette")
+            raise InputError(f"RGB mask {path} has colour {(r, g, b)} that is not in the VOC palette")
         out_vals.append(lut[int(u)])
     return np.asarray(out_vals, np.uint8)[inv.reshape(code.shape)]
 
@@ -297,13 +299,13 @@ def load_mask(path) -> np.ndarray:
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im)
                 if arr.max(initial=0) > 255 or arr.min(initial=0) < 0:
-                    raise ValueError(f"mask {path} has values outside 0..255")
+                    raise InputError(f"mask {path} has values outside 0..255")
                 return arr.astype(np.uint8)
             if im.mode in ("RGB", "RGBA"):
                 return _rgb_mask_to_index(np.asarray(im.convert("RGB")), VOC_PALETTE, path)
-            raise ValueError(f"mask {path} has mode {im.mode}; expected a palette (P) or grayscale (L) PNG")
+            raise InputError(f"mask {path} has mode {im.mode}; expected a palette (P) or grayscale (L) PNG")
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot decode mask {path} (corrupt or not an image): {e}") from e
+        raise InputError(f"cannot decode mask {path} (corrupt or not an image): {e}") from e
 
 
 def load_cls_labels(path, class_names: Sequence[str] = VOC_CLASSES, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -319,28 +321,28 @@ def load_cls_labels(path, class_names: Sequence[str] = VOC_CLASSES, allow_pickle
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"label file {path} is not valid JSON: {e}") from e
+            raise InputError(f"label file {path} is not valid JSON: {e}") from e
         if not isinstance(raw, dict):
-            raise ValueError(f"label file {path} must hold a JSON object {{id: [labels]}}")
+            raise InputError(f"label file {path} must hold a JSON object {{id: [labels]}}")
         return {str(k): _labels_to_vector(v, class_names, f"{path}[{k!r}]") for k, v in raw.items()}
     try:
         arr = np.load(path, allow_pickle=allow_pickle)
     except ValueError as e:
         if not allow_pickle:
-            raise ValueError(
+            raise InputError(
                 f"{path} holds pickled Python objects (the authors' cls_labels.npy is a pickled dict); "
                 "pass allow_pickle=True if you trust this file"
             ) from e
-        raise ValueError(f"cannot read label file {path}: {e}") from e
+        raise InputError(f"cannot read label file {path}: {e}") from e
     if isinstance(arr, np.ndarray) and arr.dtype == object and arr.shape == ():
         arr = arr.item()
     if not isinstance(arr, dict):
-        raise ValueError(f"{path} must hold a dict id → {K}-dim label vector, got {type(arr).__name__}")
+        raise InputError(f"{path} must hold a dict id → {K}-dim label vector, got {type(arr).__name__}")
     out = {}
     for k, v in arr.items():
         v = np.asarray(v, np.float32).reshape(-1)
         if v.shape != (K,):
-            raise ValueError(f"{path}: labels of {k!r} have shape {v.shape}, expected ({K},)")
+            raise InputError(f"{path}: labels of {k!r} have shape {v.shape}, expected ({K},)")
         out[str(k)] = v
     return out
 
@@ -359,7 +361,7 @@ def _labels_to_vector(value, class_names: Sequence[str], where: str) -> np.ndarr
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{where}: expected a list of class names or indices, got {value!r}")
+        raise InputError(f"{where}: expected a list of class names or indices, got {value!r}")
     numeric = all(isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) for x in value)
     if numeric and len(value) == K and K > 0 and set(float(x) for x in value) <= {0.0, 1.0}:
         if len(set(value)) < len(value):
@@ -376,17 +378,17 @@ def _labels_to_vector(value, class_names: Sequence[str], where: str) -> np.ndarr
             elif key.lstrip("-").isdigit():
                 x = int(key)
                 if not 0 <= x < K:
-                    raise ValueError(f"{where}: class index {x} out of range 0..{K - 1}")
+                    raise InputError(f"{where}: class index {x} out of range 0..{K - 1}")
                 vec[x] = 1
             else:
-                raise ValueError(f"{where}: unknown class name {key!r}; known: {list(class_names)}")
+                raise InputError(f"{where}: unknown class name {key!r}; known: {list(class_names)}")
         elif isinstance(x, (int, np.integer)) or (isinstance(x, float) and float(x).is_integer()):
             x = int(x)
             if not 0 <= x < K:
-                raise ValueError(f"{where}: class index {x} out of range 0..{K - 1}")
+                raise InputError(f"{where}: class index {x} out of range 0..{K - 1}")
             vec[x] = 1
         else:
-            raise ValueError(f"{where}: cannot read label {x!r} (expected a class name or 0-based index)")
+            raise InputError(f"{where}: cannot read label {x!r} (expected a class name or 0-based index)")
     return vec
 
 
@@ -399,7 +401,7 @@ def xml_labels(path, class_names: Sequence[str] = VOC_CLASSES) -> np.ndarray:
     try:
         tree = ET.parse(path)
     except ET.ParseError as e:
-        raise ValueError(f"cannot parse annotation {path}: {e}") from e
+        raise InputError(f"cannot parse annotation {path}: {e}") from e
     index = {n: i for i, n in enumerate(class_names)}
     vec = np.zeros(len(class_names), np.float32)
     for obj in tree.getroot().iter("object"):

@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from .voc import IMAGE_EXTENSIONS, MODES, _labels_to_vector, _LabelledImages, image_labels
 
 __all__ = ["FolderDataset", "read_label_file"]
@@ -45,7 +46,7 @@ _LABEL_COLUMNS = ("labels", "label", "classes", "tags")
 
 def read_label_file(path, class_names: Sequence[str] | None = None) -> tuple[list[str], tuple[str, ...], dict]:
     """Parse a CSV/JSON label file. Returns (image keys in file order, class names,
-    key → float32 (K,) label vector). Raises ``ValueError`` naming the file and row on
+    key → float32 (K,) label vector). Raises :class:`~transcam_nb.errors.InputError` naming the file and row on
     malformed content."""
     path = Path(path)
     if not path.is_file():
@@ -55,33 +56,33 @@ def read_label_file(path, class_names: Sequence[str] | None = None) -> tuple[lis
         try:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"label file {path} is not valid JSON: {e}") from e
+            raise InputError(f"label file {path} is not valid JSON: {e}") from e
         if isinstance(raw, dict) and "labels" in raw and isinstance(raw["labels"], dict):
             if class_names is None and raw.get("class_names") is not None:
                 class_names = [str(c) for c in raw["class_names"]]
             raw = raw["labels"]
         if not isinstance(raw, dict):
-            raise ValueError(f"label file {path} must hold a JSON object {{image: [labels]}}")
+            raise InputError(f"label file {path} must hold a JSON object {{image: [labels]}}")
         keys = [str(k) for k in raw]
         entries = {str(k): v for k, v in raw.items()}
         for k, v in entries.items():
             if isinstance(v, str):
                 entries[k] = v
             elif not isinstance(v, (list, tuple)):
-                raise ValueError(f"{path}: labels of {k!r} must be a list of class names or indices, got {v!r}")
+                raise InputError(f"{path}: labels of {k!r} must be a list of class names or indices, got {v!r}")
         if class_names is None:
             class_names = _names_from_values(entries.values(), path)
         names = tuple(class_names)
         return keys, names, {k: _labels_to_vector(v, names, f"{path}[{k!r}]") for k, v in entries.items()}
     if suffix not in (".csv", ".tsv", ".txt"):
-        raise ValueError(f"label file {path} must be .csv or .json, got {path.suffix!r}")
+        raise InputError(f"label file {path} must be .csv or .json, got {path.suffix!r}")
     with open(path, newline="") as f:
         sample = f.read(4096)
         f.seek(0)
         delim = "\t" if suffix == ".tsv" or ("\t" in sample and "," not in sample) else ","
         rows = [r for r in csv.reader(f, delimiter=delim) if r and any(c.strip() for c in r)]
     if not rows:
-        raise ValueError(f"label file {path} is empty (expected a header row and one row per image)")
+        raise InputError(f"label file {path} is empty (expected a header row and one row per image)")
     header = [h.strip() for h in rows[0]]
     lower = [h.lower() for h in header]
     id_col = next((lower.index(c) for c in _ID_COLUMNS if c in lower), 0)
@@ -90,7 +91,7 @@ def read_label_file(path, class_names: Sequence[str] | None = None) -> tuple[lis
     if label_col is not None:
         for n, r in enumerate(rows[1:], start=2):
             if len(r) <= id_col:
-                raise ValueError(f"{path}, line {n}: no image column")
+                raise InputError(f"{path}, line {n}: no image column")
             key = r[id_col].strip()
             keys.append(key)
             entries[key] = r[label_col].strip() if len(r) > label_col else ""
@@ -101,7 +102,7 @@ def read_label_file(path, class_names: Sequence[str] | None = None) -> tuple[lis
     # one 0/1 column per class
     cls_cols = [i for i in range(len(header)) if i != id_col]
     if not cls_cols:
-        raise ValueError(
+        raise InputError(
             f"{path}: header {header} has no 'labels' column and no per-class 0/1 columns "
             "(expected e.g. 'image,labels' or 'image,cat,dog,...')"
         )
@@ -109,7 +110,7 @@ def read_label_file(path, class_names: Sequence[str] | None = None) -> tuple[lis
     if class_names is not None and tuple(class_names) != file_names:
         missing = set(class_names) - set(file_names)
         if missing:
-            raise ValueError(f"{path}: class columns {list(file_names)} lack {sorted(missing)}")
+            raise InputError(f"{path}: class columns {list(file_names)} lack {sorted(missing)}")
     names = tuple(class_names) if class_names is not None else file_names
     col_of = {header[i]: i for i in cls_cols}
     out = {}
@@ -123,7 +124,7 @@ def read_label_file(path, class_names: Sequence[str] | None = None) -> tuple[lis
             if cell in ("1", "1.0", "true", "True", "yes"):
                 vec[j] = 1
             elif cell not in ("0", "0.0", "", "false", "False", "no", "-1"):
-                raise ValueError(f"{path}, line {n}, column {name!r}: expected 0 or 1, got {cell!r}")
+                raise InputError(f"{path}, line {n}, column {name!r}: expected 0 or 1, got {cell!r}")
         out[key] = vec
     return keys, names, out
 
@@ -136,12 +137,12 @@ def _names_from_values(values, path) -> tuple[str, ...]:
             if isinstance(t, str) and not t.strip().lstrip("-").isdigit():
                 names.add(t.strip())
             elif not isinstance(t, str) or t.strip():
-                raise ValueError(
+                raise InputError(
                     f"{path} uses class indices ({t!r}); pass class_names= (or put them in the file) "
                     "so indices can be mapped to names"
                 )
     if not names:
-        raise ValueError(f"{path} names no classes; pass class_names=")
+        raise InputError(f"{path} names no classes; pass class_names=")
     return tuple(sorted(names))
 
 
@@ -167,9 +168,9 @@ class FolderDataset(_LabelledImages):
         label_source: str = "file",
     ):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if label_source not in ("file", "mask"):
-            raise ValueError(f"label_source must be 'file' or 'mask', got {label_source!r}")
+            raise InputError(f"label_source must be 'file' or 'mask', got {label_source!r}")
         self.image_dir = Path(image_dir).expanduser()
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"image folder {self.image_dir} does not exist")
@@ -177,7 +178,7 @@ class FolderDataset(_LabelledImages):
         if self.mask_dir is not None and not self.mask_dir.is_dir():
             raise FileNotFoundError(f"mask folder {self.mask_dir} does not exist")
         if mode == "seg" and self.mask_dir is None:
-            raise ValueError("mode='seg' needs mask_dir= (a folder of PNG masks named by image stem)")
+            raise InputError("mode='seg' needs mask_dir= (a folder of PNG masks named by image stem)")
         self.mode = mode
         self.transform = transform
         self.label_source = label_source
@@ -194,9 +195,9 @@ class FolderDataset(_LabelledImages):
             self.labels_file = Path(labels_file)
         else:
             if label_source != "mask":
-                raise ValueError("labels_file is required unless label_source='mask'")
+                raise InputError("labels_file is required unless label_source='mask'")
             if class_names is None:
-                raise ValueError("label_source='mask' without a labels file needs class_names=")
+                raise InputError("label_source='mask' without a labels file needs class_names=")
             keys, names, table = sorted(index["rel"]), tuple(class_names), {}
             self.labels_file = None
         self.class_names = tuple(names)
@@ -222,7 +223,7 @@ class FolderDataset(_LabelledImages):
         seen: dict[str, Path] = {}
         for iid, p in zip(self.ids, self._paths):
             if iid in seen and seen[iid] != p:
-                raise ValueError(f"two images share the id {iid!r}: {seen[iid]} and {p} (ids are file stems)")
+                raise InputError(f"two images share the id {iid!r}: {seen[iid]} and {p} (ids are file stems)")
             seen[iid] = p
         if self.mode == "seg" or label_source == "mask":
             for i in range(len(self)):
@@ -280,7 +281,7 @@ class FolderDataset(_LabelledImages):
         try:
             return image_labels(mask, self.num_classes)
         except ValueError as e:
-            raise ValueError(f"mask {self.mask_path(index)}: {e}") from None
+            raise InputError(f"mask {self.mask_path(index)}: {e}") from None
 
     def __repr__(self) -> str:
         return (

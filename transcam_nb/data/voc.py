@@ -52,8 +52,8 @@ called, so the augmentation of item ``index`` in epoch ``e`` is the same whateve
 DataLoader workers (the pattern of ``DistributedSampler.set_epoch``).
 
 Errors name the path and what was expected: ``FileNotFoundError`` for a missing root, list,
-image or mask; ``ValueError`` for a corrupt image, a mask whose size differs from its image,
-mask values outside {0..K, 255}, malformed label files.
+image or mask; :class:`~transcam_nb.errors.InputError` (a ``ValueError``) for a corrupt image,
+a mask whose size differs from its image, mask values outside {0..K, 255}, malformed label files.
 
 Code layout: this module holds the datasets (:class:`Sample`, :class:`VOCDataset` and the
 item logic that :class:`~transcam_nb.data.folder.FolderDataset` shares). The one-file readers
@@ -71,6 +71,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from .devkit import (  # re-exported: the one-file readers and writers live in devkit
     IGNORE_INDEX,
     IMAGE_EXTENSIONS,
@@ -262,7 +263,7 @@ class _LabelledImages:
             raise FileNotFoundError(self._missing_mask_message(index))
         mask = load_mask(mp)
         if check_size is not None and (mask.shape[1], mask.shape[0]) != tuple(check_size):
-            raise ValueError(
+            raise InputError(
                 f"mask {mp} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
                 f"{self.image_path(index)} is {check_size[0]}x{check_size[1]}; they must be the same size"
             )
@@ -322,9 +323,9 @@ class VOCDataset(_LabelledImages):
         check_files: bool = True,
     ):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}, got {mode!r}")
         if label_source not in ("auto", "mask", "file", "xml"):
-            raise ValueError(f"label_source must be 'auto', 'mask', 'file' or 'xml', got {label_source!r}")
+            raise InputError(f"label_source must be 'auto', 'mask', 'file' or 'xml', got {label_source!r}")
         self.root = resolve_root(root)
         self.image_dir = self.root / "JPEGImages"  # <id>.jpg
         self.split = str(split)
@@ -371,7 +372,7 @@ class VOCDataset(_LabelledImages):
         if cls_labels is not None:
             self.cls_labels = load_cls_labels(cls_labels, self.class_names, allow_pickle=allow_pickle)
         elif label_source == "file":
-            raise ValueError("label_source='file' needs a cls_labels= path")
+            raise InputError("label_source='file' needs a cls_labels= path")
 
         if check_files:
             self._check_files()
@@ -446,7 +447,7 @@ class VOCDataset(_LabelledImages):
                 try:
                     return image_labels(mask, self.num_classes)
                 except ValueError as e:
-                    raise ValueError(f"mask {self.mask_path(index)}: {e}") from None
+                    raise InputError(f"mask {self.mask_path(index)}: {e}") from None
             if src == "mask":
                 raise FileNotFoundError(self._missing_mask_message(index))
         xml = self.root / "Annotations" / f"{iid}.xml"

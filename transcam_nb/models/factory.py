@@ -42,19 +42,20 @@ def require_init(init, *, who: str, argument: str, expected: str, from_scratch: 
 
     ``init`` is a path, ``"package:NAME"`` or ``None``. When it is ``None`` and the profile
     ``needs_init`` (the paper profile: its numbers assume ImageNet weights), a
-    :class:`MissingInitError` names ``argument`` and the ``expected`` file, unless
+    :class:`MissingInitError` names ``who``, the ``expected`` file and the ``argument`` that gives
+    it (e.g. ``"init=FILE / --init FILE"``), on one line, unless
     ``from_scratch`` (``--from-scratch``) asks for random weights on purpose. A given path that
     does not exist is a :class:`FileNotFoundError` naming it.
     """
     if init is None or init == "":
         if needs_init and not from_scratch:
             raise MissingInitError(
-                f"{who} would start from random weights; give {argument} "
-                f"({expected}), or pass from_scratch=True (--from-scratch) to train from scratch on purpose")
+                f"{who} needs initial weights and none were given: pass {expected} as {argument}, "
+                "or from_scratch=True / --from-scratch to start from random weights on purpose")
         return None
     p = resolve_checkpoint(init)
     if not p.is_file():
-        raise FileNotFoundError(f"{argument}: {str(p)!r} does not exist (expected {expected})")
+        raise FileNotFoundError(f"initial weights {p} do not exist (expected {expected}, given as {argument})")
     return p
 
 

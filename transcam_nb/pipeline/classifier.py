@@ -47,12 +47,14 @@ def _init_spec(init) -> dict:
     return {"init": p.name, "init_size": st.st_size}
 
 
-def cached_classifier(profile: Profile, *, init: str | None = "profile", progress: bool = True, **overrides):
+def cached_classifier(profile: Profile, *, init: str | None = "profile", progress: bool = True,
+                      from_scratch: bool = False, **overrides):
     """The trained classifier of ``profile``: ``(model, run_dir)``.
 
     ``init="profile"`` starts from the profile's ``init_checkpoint`` (the tiny profile's shipped
     pretrained weights, or the official ImageNet file for the paper profile); ``init=None``
-    trains from scratch; a path starts from that file. A finished run with the same
+    trains from scratch; a path starts from that file (a profile that needs initial weights,
+    the paper's, refuses to start without one unless ``from_scratch``). A finished run with the same
     configuration (under :func:`transcam_nb.artifacts.artifacts_dir`) is loaded instead of
     retrained; an unfinished one is resumed.
     """
@@ -75,7 +77,7 @@ def cached_classifier(profile: Profile, *, init: str | None = "profile", progres
         write_json(run_dir / "spec.json", spec, sort_keys=False)
         t0 = time.time()
         summary = train_classifier(prof_run, run_dir, resume=True, init=init_arg, progress=progress,
-                                   from_scratch=init is None)  # init=None: from scratch on purpose
+                                   from_scratch=from_scratch or init is None)  # init=None: on purpose
         summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
         summary["wall_s_this_call"] = time.time() - t0
         write_json(done, summary, sort_keys=False)
@@ -120,7 +122,7 @@ def run(ctx: PipelineContext) -> dict:
     t0 = time.time()
     if mode == "workflow":
         over = {"max_steps": cfg.classifier_steps} if cfg.classifier_steps else {}
-        _, run_dir = cached_classifier(prof, progress=ctx.progress, **over)
+        _, run_dir = cached_classifier(prof, progress=ctx.progress, from_scratch=cfg.from_scratch, **over)
         weights = classifier_weights(Path(run_dir))
     elif mode == "train":
         from ..train import train_classifier

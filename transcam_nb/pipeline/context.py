@@ -16,6 +16,7 @@ from ..artifacts import read_json as _read_json
 from ..artifacts import to_jsonable as _norm
 from ..artifacts import write_json as _write_json
 from ..config import PipelineConfig, Profile, pipeline_defaults
+from ..smoke import smoke_overrides
 from ..errors import InputError
 
 log = logging.getLogger("transcam_nb.pipeline")
@@ -32,9 +33,11 @@ def pipeline_config(profile: Profile | str | None = None, **overrides) -> Pipeli
     :data:`transcam_nb.config.SETTINGS`) with overrides.
 
     ``$TRANSCAM_CLASSIFIER`` (``workflow``, ``train`` or a weights file) replaces the default
-    ``classifier="workflow"``, e.g. to run the pipeline from the authors' released weights."""
+    ``classifier="workflow"``, e.g. to run the pipeline from the authors' released weights.
+    ``$TRANSCAM_SMOKE`` shrinks the paper profile's stages to a smoke run
+    (:func:`transcam_nb.smoke.smoke_overrides`)."""
     name = profile.name if isinstance(profile, Profile) else (profile or os.environ.get("TRANSCAM_PROFILE", "tiny"))
-    base = {}
+    base = smoke_overrides(name, "pipeline")
     if os.environ.get("TRANSCAM_CLASSIFIER"):
         base["classifier"] = os.environ["TRANSCAM_CLASSIFIER"]
     base.update(overrides)

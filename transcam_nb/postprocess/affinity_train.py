@@ -213,7 +213,7 @@ def train_affinity(
 
         require_init(None, who=f"AffinityNet preset {cfg.name!r}", from_scratch=from_scratch,
                      needs_init=cfg.name in PROFILES_NEEDING_INIT,
-                     argument="AffinityNet(pretrained_path=...) (pipeline: --config affinity_weights=FILE)",
+                     argument="AffinityNet(pretrained_path=FILE) (the pipeline's --config affinity_weights=FILE)",
                      expected=f"an ImageNet state dict of the {model.backbone_name} backbone")
     history: list[dict] = []
     parts_box: dict = {}

@@ -299,8 +299,8 @@ def train_segmentation(cfg: SegConfig, image_root: str | os.PathLike | None, pse
         from ..models.factory import require_init
 
         require_init(cfg.pretrained_path, who="DeepLab with a frozen-BatchNorm backbone (the paper preset)",
-                     argument="SegConfig.pretrained_path "
-                              "(pipeline: --config 'seg_overrides={\"pretrained_path\": \"FILE\"}')",
+                     argument="SegConfig.pretrained_path (the pipeline's "
+                              "--config 'seg_overrides={\"pretrained_path\": \"FILE\"}')",
                      expected=f"an ImageNet checkpoint of timm's {cfg.backbone}", from_scratch=from_scratch,
                      needs_init=cfg.freeze_bn)
     model = build_model(cfg, load_pretrained=not resuming)

@@ -266,7 +266,7 @@ def plot_head_weights(weights, ax=None, title: str | None = None):
     """A heat map of per-block, per-head weights (``[blocks, heads]``, e.g. the learned
     aggregation of :mod:`transcam_nb.aggregation`): blocks down (1 = shallowest), heads across,
     each cell labelled with its weight in percent."""
-    w = _np(weights)
+    w = 100 * _np(weights)
     ax = _ax(ax, figsize=(0.6 * w.shape[1] + 2.2, 0.3 * w.shape[0] + 1.2))
     im = ax.imshow(w, cmap="viridis", aspect="auto")
     ax.set_xticks(range(w.shape[1]), [str(h + 1) for h in range(w.shape[1])])
@@ -274,9 +274,9 @@ def plot_head_weights(weights, ax=None, title: str | None = None):
     ax.set_xlabel("head")
     ax.set_ylabel("block")
     for (b, h), v in np.ndenumerate(w):
-        ax.text(h, b, f"{100 * v:.1f}", ha="center", va="center", fontsize=7,
+        ax.text(h, b, f"{v:.1f}", ha="center", va="center", fontsize=7,
                 color="white" if v < 0.6 * w.max() else "black")
-    ax.figure.colorbar(im, ax=ax, fraction=0.05)
+    ax.figure.colorbar(im, ax=ax, fraction=0.05, label="weight (%)")
     if title:
         ax.set_title(title, fontsize=10)
     return ax

@@ -66,3 +66,13 @@ def test_plot_attention_shares_one_line_per_model_and_the_uniform_baseline():
     assert np.allclose(right.lines[1].get_ydata(), 0.74)  # the baseline of the right panel
     assert list(left.lines[0].get_xdata()) == [1, 2, 3]  # blocks count from 1
     plt.close(fig)
+
+
+def test_plot_head_weights_draws_blocks_by_heads():
+    w = np.full((4, 3), 1 / 12)
+    w[2, 1] += 0.1
+    ax = viz.plot_head_weights(w / w.sum(), title="w")
+    assert ax.images[0].get_array().shape == (4, 3) and ax.get_title() == "w"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "2", "3", "4"]
+    assert len(ax.texts) == 12 and ax.get_xlabel() == "head"
+    plt.close(ax.figure)

@@ -54,3 +54,36 @@ def test_setup_silences_the_package_log_for_the_book(capsys):
     finally:
         log.setLevel(old)
         workflow.PROGRESS["default"] = False
+
+
+def test_learned_aggregation_fits_on_the_training_split_once(model, monkeypatch, tmp_path):
+    """workflow.learned_aggregation: the first N images of the *training* split in "cls" mode
+    (image labels, no masks), weights on the simplex, cached (a second call does not refit;
+    another N does)."""
+    from types import SimpleNamespace
+
+    import transcam_nb.data.roots as roots
+    from transcam_nb import workflow
+    from transcam_nb.config import get_profile
+
+    rng = np.random.default_rng(0)
+    items = [SimpleNamespace(image=rng.integers(0, 255, (40, 40, 3), dtype=np.uint8),
+                             label=np.eye(4, dtype=np.float32)[i % 4]) for i in range(5)]
+    calls = []
+
+    def fake_build(profile, split, mode, **kw):
+        calls.append((split, mode))
+        return items
+
+    monkeypatch.setattr(roots, "build_dataset", fake_build)
+    monkeypatch.setattr(workflow, "data_root", lambda profile: tmp_path)
+    monkeypatch.setenv("TRANSCAM_ARTIFACTS", str(tmp_path / "artifacts"))
+    prof = get_profile("tiny", scales=(32,))
+    a = workflow.learned_aggregation(model, prof, cache_key="m", num_images=3, steps=2)
+    assert calls == [(prof.train_split, "cls")] and a["num_images"] == 3 and a["split"] == prof.train_split
+    w = np.asarray(a["weights"])
+    assert w.shape == (model.depth, 2) and (w >= 0).all() and abs(w.sum() - 1) < 1e-5
+    assert workflow.learned_aggregation(model, prof, cache_key="m", num_images=3, steps=2) == a
+    assert len(calls) == 1  # cached
+    assert workflow.learned_aggregation(model, prof, cache_key="m", num_images=4, steps=2)["num_images"] == 4
+    assert len(calls) == 2

@@ -260,3 +260,23 @@ def plot_attention_shares(diagnostics: Mapping[str, Mapping], size: float = 3.6)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_head_weights(weights, ax=None, title: str | None = None):
+    """A heat map of per-block, per-head weights (``[blocks, heads]``, e.g. the learned
+    aggregation of :mod:`transcam_nb.aggregation`): blocks down (1 = shallowest), heads across,
+    each cell labelled with its weight in percent."""
+    w = 100 * _np(weights)
+    ax = _ax(ax, figsize=(0.6 * w.shape[1] + 2.2, 0.3 * w.shape[0] + 1.2))
+    im = ax.imshow(w, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(w.shape[1]), [str(h + 1) for h in range(w.shape[1])])
+    ax.set_yticks(range(w.shape[0]), [str(b + 1) for b in range(w.shape[0])])
+    ax.set_xlabel("head")
+    ax.set_ylabel("block")
+    for (b, h), v in np.ndenumerate(w):
+        ax.text(h, b, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                color="white" if v < 0.6 * w.max() else "black")
+    ax.figure.colorbar(im, ax=ax, fraction=0.05, label="weight (%)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax

@@ -166,6 +166,32 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
     return cached(path, key, compute)
 
 
+def learned_aggregation(model, profile: Profile, *, cache_key: dict | str, num_images: int = 200,
+                        steps: int = 50, lr: float = 0.1, split: str | None = None) -> dict:
+    """The block and head weights of :func:`transcam_nb.aggregation.fit_aggregation`, fitted on
+    the first ``num_images`` images of the training split (``profile.train_split``; image labels
+    only) at the profile's largest CAM scale, cached as JSON under ``cache_key`` (e.g. the
+    classifier's run folder name). Returns ``{"weights": [[...]] (blocks × heads), "map_start",
+    "map_end", "loss", "num_images", "split"}``."""
+    from .aggregation import fit_aggregation
+    from .data.roots import build_dataset
+
+    split = split or profile.train_split
+    scale = max(profile.scales)
+
+    def compute():
+        ds = build_dataset(profile, split, "cls", data_root=data_root(profile), progress=False)
+        items = [ds[i] for i in range(min(num_images, len(ds)))]
+        w, hist = fit_aggregation(model, items, scale=scale, square=profile.square, steps=steps, lr=lr,
+                                  progress=_progress(None))
+        return {"weights": w.tolist(), "map_start": hist["map_start"], "map_end": hist["map_end"],
+                "loss": hist["loss"], "num_images": hist["num_images"], "split": split}
+
+    key = {"cache_key": cache_key, "split": split, "num_images": num_images, "steps": steps, "lr": lr,
+           "scale": scale, "square": profile.square, "version": __version__}
+    return cached(artifacts_dir() / f"aggregation-{config_hash(key, 12)}.json", key, compute)
+
+
 def variants_table(result: dict):
     """The sweep result as a pandas DataFrame (percent, for display), one row per variant."""
     import pandas as pd

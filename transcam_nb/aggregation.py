@@ -38,7 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .refine import _no_autocast, _qk_list, register_refinement, resolve_blocks
+from .refine import (
+    _no_autocast,
+    _qk_list,
+    _sdpa_inputs,
+    register_refinement,
+    resolve_blocks,
+)
 
 __all__ = [
     "head_attention",
@@ -100,14 +106,8 @@ def refine_learned(cam: torch.Tensor, qk, weights) -> torch.Tensor:
     block order. As :func:`transcam_nb.refine.refine_cam_sdpa`: each head's attention is
     applied to the values ``[0; CAM]`` by ``scaled_dot_product_attention`` (no N×N matrix),
     row 0 dropped; the heads are then summed with their weights instead of averaged."""
-    qk = _qk_list(qk)
-    if cam.dim() != 4:
-        raise ValueError(f"cam must be [B, C, h, w], got shape {tuple(cam.shape)}")
-    B, C, h, w = cam.shape
-    hw = h * w
-    q0 = qk[0][0]
-    if q0.dim() != 4 or q0.shape[0] != B or q0.shape[2] != hw + 1:
-        raise ValueError(f"queries must be [B={B}, heads, N={hw + 1}, d] for a {h}x{w} CAM grid, got {tuple(q0.shape)}")
+    qk, B, C, h, w = _sdpa_inputs(cam, qk)
+    hw, q0 = h * w, qk[0][0]
     wt = _check_weights(weights, len(qk), q0.shape[1]).to(cam.device)
     heads, d = q0.shape[1], q0.shape[-1]
     groups = -(-C // d)  # value width = head width (the fused CPU kernel), zero-padded

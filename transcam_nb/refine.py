@@ -202,6 +202,21 @@ def _qk_list(qk) -> list:
     return qk
 
 
+def _sdpa_inputs(cam: torch.Tensor, qk) -> tuple[list, int, int, int, int]:
+    """The checked ``(qk list, B, C, h, w)`` of a CAM and the queries/keys that refine it."""
+    qk = _qk_list(qk)
+    if cam.dim() != 4:
+        raise ValueError(f"cam must be [B, C, h, w], got shape {tuple(cam.shape)}")
+    B, C, h, w = cam.shape
+    q0 = qk[0][0]
+    if q0.dim() != 4 or q0.shape[0] != B or q0.shape[2] != h * w + 1:
+        raise ValueError(
+            f"queries must be [B={B}, heads, N={h * w + 1}, d] for a CAM grid of {h}x{w} (class token first); "
+            f"got {tuple(q0.shape)}"
+        )
+    return qk, B, C, h, w
+
+
 def refine_cam_sdpa(cam: torch.Tensor, qk, method: str = "transcam", *, reduce: str = "sum") -> torch.Tensor:
     """Eq. 5 (``"transcam"``) or Eq. 9-10 (``"clsattn"``) from each block's queries and keys.
 
@@ -227,17 +242,8 @@ def refine_cam_sdpa(cam: torch.Tensor, qk, method: str = "transcam", *, reduce: 
         raise ValueError(f"refine_cam_sdpa implements 'transcam' and 'clsattn', not {method!r}")
     if reduce not in ("sum", "mean"):
         raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-    qk = _qk_list(qk)
-    if cam.dim() != 4:
-        raise ValueError(f"cam must be [B, C, h, w], got shape {tuple(cam.shape)}")
-    B, C, h, w = cam.shape
-    hw = h * w
-    q0 = qk[0][0]
-    if q0.dim() != 4 or q0.shape[0] != B or q0.shape[2] != hw + 1:
-        raise ValueError(
-            f"queries must be [B={B}, heads, N={hw + 1}, d] for a CAM grid of {h}x{w} (class token first); "
-            f"got {tuple(q0.shape)}"
-        )
+    qk, B, C, h, w = _sdpa_inputs(cam, qk)
+    hw, q0 = h * w, qk[0][0]
     heads = q0.shape[1]
     with _no_autocast(cam.device):
         acc = torch.zeros((B, hw, C) if method == "transcam" else (B, hw), dtype=torch.float32, device=cam.device)

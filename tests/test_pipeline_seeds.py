@@ -63,14 +63,23 @@ def test_the_check_accepts_the_same_run_and_refuses_drift(fake_runs, tmp_path):
     res = tmp_path / "seeds.json"
     pipeline.run_seeds(prof, [0, 1], tmp_path / "runs", res, progress=False, command="python -m transcam_nb seeds")
     mine = _fake_summary(prof, pipeline.pipeline_config(prof))
-    pairs = pipeline.check_seed_row(res, mine, prof)
-    assert pairs["cam"] == (mine["cam"], mine["cam"])
+    checked = pipeline.check_seed_row(res, mine, prof)
+    assert checked["pairs"]["cam"] == (mine["cam"], mine["cam"])
+    assert checked["same_machine"] and checked["max_diff"] == 0
     drifted = dict(mine, transcam=mine["transcam"] + 0.6)
     with pytest.raises(AssertionError, match="differs from this build.*transcam.*python -m transcam_nb seeds"):
         pipeline.check_seed_row(res, drifted, prof)
     pipeline.check_seed_row(res, dict(mine, transcam=mine["transcam"] + 0.4), prof)  # within the tolerance
     with pytest.raises(AssertionError, match="no run with this build's settings"):
         pipeline.check_seed_row(res, mine, prof.replace(bg_threshold=0.3))  # another profile: another key
+    # a file written on another kind of machine: the numbers are reported, the settings still checked
+    other = json.loads(res.read_text())
+    other["machine"] = dict(other["machine"], simd=["avx512f", "amx_bf16"])
+    seen = pipeline.check_seed_row(other, drifted, prof)
+    assert not seen["same_machine"] and seen["max_diff"] == pytest.approx(0.6)
+    with pytest.raises(AssertionError, match="no run with this build's settings"):
+        pipeline.check_seed_row(other, mine, prof.replace(bg_threshold=0.3))
+    assert json.loads(res.read_text())["machine"] == seeds.machine_id()
 
 
 def test_a_second_call_keeps_earlier_runs(fake_runs, tmp_path):

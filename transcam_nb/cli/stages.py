@@ -170,13 +170,25 @@ def _pipeline_args(p: argparse.ArgumentParser, stage: str | None = None) -> None
     p.set_defaults(pipeline_stage=stage)
 
 
+def _pipeline_settings(args: argparse.Namespace, prof, extra: dict, flags):
+    """The pipeline settings of a command: the profile's, then ``--config``, then ``extra``, then
+    the named flags that were given; a setting that does not exist is one line."""
+    from ..config import PipelineConfig, parse_overrides
+    from ..pipeline import pipeline_config
+
+    cover = parse_overrides(args.config, PipelineConfig(), "--config") | extra
+    cover.update({name: getattr(args, name) for name in flags if getattr(args, name) is not None})
+    try:
+        return pipeline_config(prof, **cover)
+    except TypeError as e:
+        raise UsageError(str(e)) from None
+
+
 def run_pipeline_command(args: argparse.Namespace) -> int:
     """Run ``pipeline`` (or one stage) from parsed arguments; prints the summary's numbers."""
-    from ..config import PipelineConfig, parse_overrides
     from ..pipeline import (
         SUMMARY_KEYS,
         StageIncomplete,
-        pipeline_config,
         run_pipeline,
     )
 
@@ -185,7 +197,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         from ..data.roots import resolve_data_root
 
         resolve_data_root(prof, progress=False)
-    cover = parse_overrides(args.config, PipelineConfig(), "--config")
+    extra = {}
     if args.checkpoint is not None and args.classifier not in (None, args.checkpoint):
         raise UsageError("give --checkpoint FILE or --classifier, not both")
     if args.checkpoint is not None:
@@ -195,17 +207,10 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
             read_checkpoint(args.checkpoint, what="--checkpoint")
         except (CheckpointError, OSError) as e:
             raise UsageError(one_line(e)) from None
-        cover["classifier"] = args.checkpoint
+        extra["classifier"] = args.checkpoint
     if args.from_scratch:
-        cover["from_scratch"] = True
-    for name in ("classifier", "classifier_steps", "pseudo_limit", "val_limit"):
-        v = getattr(args, name)
-        if v is not None:
-            cover[name] = v
-    try:
-        cfg = pipeline_config(prof, **cover)
-    except TypeError as e:
-        raise UsageError(str(e)) from None
+        extra["from_scratch"] = True
+    cfg = _pipeline_settings(args, prof, extra, ("classifier", "classifier_steps", "pseudo_limit", "val_limit"))
     stage = getattr(args, "pipeline_stage", None)
     stages = [stage] if stage else ([s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None)
     shard = parse_shard(args.shard)
@@ -280,8 +285,6 @@ def _seeds_args(p: argparse.ArgumentParser) -> None:
 @register_stage("seeds", "the pipeline once per seed, one results file with every seed's numbers and the row the "
                 "book checks (transcam_nb/pipeline/seeds.py)", _seeds_args)
 def run_seeds_command(args: argparse.Namespace) -> int:
-    from ..config import PipelineConfig, parse_overrides
-    from ..pipeline import pipeline_config
     from ..pipeline.seeds import (
         command_line,
         committed_table,
@@ -296,14 +299,7 @@ def run_seeds_command(args: argparse.Namespace) -> int:
     if not seeds:
         raise UsageError("--seeds: give at least one seed")
     prof = profile_from_args(args)
-    cover = parse_overrides(args.config, PipelineConfig(), "--config")
-    for name in ("pseudo_limit", "val_limit"):
-        if getattr(args, name) is not None:
-            cover[name] = getattr(args, name)
-    try:
-        cfg = pipeline_config(prof, **cover)
-    except TypeError as e:
-        raise UsageError(str(e)) from None
+    cfg = _pipeline_settings(args, prof, {}, ("pseudo_limit", "val_limit"))
     results = args.results or committed_table(prof)
     table = run_seeds(prof, seeds, args.out, results, config=cfg, check_row=not args.no_book_row,
                       progress=not args.no_progress, command=command_line(args.argv))

@@ -5,7 +5,8 @@ attention diagnostic. Results are JSON files; the lab log is benchmarks/results/
     # attention diagnostic of a (pretext or fine-tuned) checkpoint on val 200
     python benchmarks/issue11_experiments.py attn --weights package:tiny_pretrained.pt --json OUT.json
     # fine-tune the tiny classifier from WEIGHTS with transformer lr multiplier M
-    python benchmarks/issue11_experiments.py finetune --init WEIGHTS --mult 0 --out DIR [--seed S] [--precision bf16]
+    python benchmarks/issue11_experiments.py finetune --init WEIGHTS --mult 0 --out DIR [--seed S] [--precision bf16] \
+        [--set refined_loss=1 --set refined_noise=1]
     # score the variants: val images 0-199 (report), or train images 200-399 (choosing settings)
     python benchmarks/issue11_experiments.py evaluate --run DIR --split train --start 200 --limit 200 --json OUT.json
 
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     f.add_argument("--steps", type=int, default=None)
     f.add_argument("--precision", default="fp32")
     f.add_argument("--channels-last", action="store_true")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another profile field, e.g. refined_loss=1 (repeatable)")
     e = sub.add_parser("evaluate")
     e.add_argument("--run", required=True, help="a finetune folder (classifier.pt) or a weights file")
     e.add_argument("--split", default="val")
@@ -74,7 +77,10 @@ def main(argv=None) -> int:
     elif args.cmd == "finetune":
         from transcam_nb.train import train_classifier
 
+        from transcam_nb.overrides import parse_overrides
+
         over = dict(trans_lr_mult=args.mult, seed=args.seed, precision=args.precision, channels_last=args.channels_last)
+        over.update(parse_overrides(args.set))
         summ = train_classifier("tiny", args.out, init=args.init, max_steps=args.steps, progress=False, **over)
         res = {"summary": {k: v for k, v in summ.items() if k != "eval"}, "eval": summ.get("eval")}
     else:

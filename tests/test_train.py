@@ -183,6 +183,21 @@ def test_frozen_transformer_branch_does_not_move(data_root, tmp_path):
     assert "conv1.weight" in moved and "conv_trans_3.expand_block.conv_project.weight" in moved
 
 
+def test_refined_cam_term_trains_and_changes_the_run(data_root, tmp_path):
+    # Profile.refined_loss > 0: the loop asks for every block's attention and adds the term
+    runs = {}
+    for lam in (0.0, 1.0):
+        prof = small_profile(data_root, max_steps=2, refined_loss=lam, refined_noise=0.5)
+        torch.manual_seed(0)
+        m = build_model_for_profile(prof, num_fg=3)
+        losses = []
+        train_classifier(prof, tmp_path / f"lam{lam}", model=m, progress=False,
+                         callback=lambda st: losses.append(st["loss"]))
+        runs[lam] = (losses, m.state_dict())
+    assert len(runs[1.0][0]) == 2 and runs[1.0][0][0] > runs[0.0][0][0]  # the extra term is positive
+    assert not torch.equal(runs[0.0][1]["trans_1.attn.qkv.weight"], runs[1.0][1]["trans_1.attn.qkv.weight"])
+
+
 # ------------------------------------------------------------------------------------ sampler
 def test_sampler_shards_global_batches_and_resumes():
     data = list(range(22))

@@ -148,6 +148,11 @@ class Profile(Settings):
     lr_schedule: str = "constant"  # "constant" (the reference) | "cosine" (linear warm-up, cosine to 0)
     warmup_frac: float = 0.0  # fraction of the steps spent in the linear warm-up (cosine only)
     trans_lr_mult: float = 1.0  # lr multiplier of the transformer branch while fine-tuning (0 = frozen)
+    # Fujimori et al. (arXiv 2404.03394): also train on the attention-refined CAM (A*·CAM, GAP) with
+    # Gaussian noise; weight of that term (0 = off, the paper's and the authors' training) and the
+    # noise's standard deviation relative to each refined map's own (transcam_nb.train.refined_cam_loss)
+    refined_loss: float = 0.0
+    refined_noise: float = 0.0
     no_decay_norm_bias: bool = False  # True: no weight decay on norms, biases, cls_token (reference: one group)
     jitter: tuple | None = (0.3, 0.3, 0.3, 0.1)  # ColorJitter (brightness, contrast, saturation, hue)
     per_device_batch: bool = False  # False: batch_size is the global batch, split over DDP processes
@@ -175,6 +180,13 @@ class Profile(Settings):
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+
+    def fingerprint_dict(self, *fields: str) -> dict:
+        d = super().fingerprint_dict(*fields)
+        if not fields and not self.refined_loss:  # off: the fingerprint of the profiles made before it existed
+            for k in ("refined_loss", "refined_noise"):
+                d.pop(k)
+        return d
 
     def config_hash(self, *fields: str) -> str:
         """A short stable hash of the given fields (all fields when none are named)."""

@@ -34,6 +34,8 @@ which is what a from-scratch run needs to converge in a few hundred steps.
 Pieces (each small enough to show in the book):
 
 :func:`classification_loss`      Eq. 6.
+:func:`refined_cam_loss`         an option (``refined_loss`` > 0, off by default): Fujimori et
+                                 al.'s extra term on the attention-refined CAM, with noise.
 :func:`train_classifier`         the thin wrapper the CLI and notebooks call: the profile's network
                                  (:func:`transcam_nb.models.factory.build_model_for_profile`), its
                                  training split (:func:`transcam_nb.data.roots.build_train_dataset`)
@@ -72,6 +74,7 @@ from .models.factory import PROFILES_NEEDING_INIT, build_model_for_profile, requ
 
 __all__ = [
     "classification_loss",
+    "refined_cam_loss",
     "train_classifier",
     "average_precision",
     "evaluate_classifier",
@@ -99,6 +102,31 @@ def classification_loss(out, labels: torch.Tensor, w_conv: float = 0.5, w_trans:
             f"{zc.shape[0]}: expected labels [B, {zc.shape[1] - 1}] (channel 0 is the untrained background output)")
     logits = w_conv * zc.float() + w_trans * zt.float()
     return F.multilabel_soft_margin_loss(logits[:, 1:], labels.float())
+
+
+def refined_cam_loss(out, labels: torch.Tensor, num_blocks: int, noise: float = 0.0) -> torch.Tensor:
+    """The refined-CAM term of Fujimori et al. (arXiv 2404.03394): the multilabel soft-margin
+    loss on the global average of ``A*·CAM`` (Eq. 5 with ``A*`` the *mean* of the blocks'
+    head-mean attention, so that the refined map keeps the CAM's scale), with Gaussian noise
+    added to the refined map during training.
+
+    ``out`` must carry ``cam`` ``[B, K+1, h, w]`` and ``attn_sum`` ``[B, N, N]`` summed over
+    ``num_blocks`` blocks (``model(x, attn_blocks=range(num_blocks))``); the gradient reaches
+    both branches through it. ``noise`` is the noise's standard deviation relative to each
+    refined map's own (per image and class, detached); our reading of the paper, which adds
+    noise to the attention-refined CAM to keep the loss from fitting the attention's
+    background noise. Channel 0 is skipped, as in :func:`classification_loss`.
+    """
+    from .refine import refine_cam
+
+    if out.cam is None or out.attn_sum is None:
+        raise ValueError("refined_cam_loss needs the CAM and the block-summed attention: "
+                         "call the model with attn_blocks=range(depth)")
+    refined = refine_cam(out.cam.float(), out.attn_sum.float() / num_blocks, "transcam")  # [B, K+1, h, w]
+    if noise > 0:
+        scale = refined.detach().flatten(2).std(-1)[..., None, None]
+        refined = refined + noise * scale * torch.randn_like(refined)
+    return F.multilabel_soft_margin_loss(refined.mean(dim=(2, 3))[:, 1:], labels.float())
 
 
 # =========================================================================================
@@ -172,13 +200,25 @@ def train_classifier(
     cfg = LoopConfig.from_profile(prof, log_every=log_every, checkpoint_every_steps=checkpoint_every_steps)
     w_conv, w_trans = float(prof.w_conv), float(prof.w_trans)
 
+    lam, forward_kwargs = float(prof.refined_loss), {}
+    if lam:  # Fujimori et al.: + λ·(refined-CAM term); the forward then also sums every block's attention
+        depth = getattr(model, "depth", None)
+        if not isinstance(depth, int) or not getattr(model, "cam_head", False):
+            raise ValueError(f"refined_loss={lam:g} needs a TransCAM network (a CAM head and its blocks' attention); "
+                             f"{prof.model!r} has none")
+        forward_kwargs["attn_blocks"] = range(depth)
+
     def loss_fn(out, labels):
-        return classification_loss(out, labels, w_conv, w_trans)
+        loss = classification_loss(out, labels, w_conv, w_trans)
+        if lam:
+            loss = loss + lam * refined_cam_loss(out, labels, forward_kwargs["attn_blocks"].stop, prof.refined_noise)
+        return loss
 
     run_info = {"stage": "classifier", "profile": prof.to_dict(), "data_root": str(dataset.root),
                 "train_split": prof.train_split, "num_train": len(dataset), "class_names": list(dataset.class_names)}
     summary = train_loop(model, dataset, loss_fn, out_dir, cfg, device=prof.device if device is None else device,
-                         resume=resume, progress=progress, callback=callback, run_info=run_info, desc="train")
+                         resume=resume, progress=progress, callback=callback, run_info=run_info, desc="train",
+                         forward_kwargs=forward_kwargs)
     if prof.final_eval and rank == 0 and "eval" not in summary:
         try:
             val = build_eval_dataset(prof, dataset.root, allow_pickle=allow_pickle, progress=False)

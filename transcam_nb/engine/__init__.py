@@ -123,13 +123,14 @@ def train_loop(
     desc: str = "train",
     stage: StageSpec | None = None,
     stop_after: int | None = None,
+    forward_kwargs: dict | None = None,
 ) -> dict:
     """Train ``model`` in place on ``dataset`` with ``loss_fn`` (see the module docstring).
 
     Parameters
     ----------
     model
-        Called as ``model(x)``; its output goes to ``loss_fn(output, target)``.
+        Called as ``model(x, **forward_kwargs)``; its output goes to ``loss_fn(output, target)``.
     dataset
         Items ``(x, target)`` (tensors, or tuples/dicts of tensors). When it has
         ``set_epoch(e)`` it is called with the epoch inside the loader, so augmentations can
@@ -155,6 +156,9 @@ def train_loop(
         A :class:`StageSpec` (file names, settings checked on resume, hooks).
     stop_after
         End this call after that many steps (checkpoint written; a later call resumes).
+    forward_kwargs
+        Keyword arguments of every training forward (e.g. ``attn_blocks`` for a loss that reads
+        the attention).
 
     Returns a summary dict (``steps``, ``epochs``, ``final_loss``, ``last_loss``,
     ``wall_time_s``, ``train_time_s``, ``images_per_s``, ``effective_batch``, ``world_size``,
@@ -174,6 +178,7 @@ def train_loop(
         loop = _Loop(model, dataset, loss_fn, Path(out_dir), config, device=device, rank=rank, world=world,
                      progress=progress, callback=callback, run_info=run_info or {}, desc=desc,
                      stage=stage or StageSpec(), t_start=t_start)
+        loop.forward_kwargs = dict(forward_kwargs or {})
         return loop.run(resume=resume, stop_after=stop_after)
     finally:
         if created_pg and dist.is_initialized():
@@ -189,6 +194,7 @@ class _Loop:
         self.device, self.rank, self.world, self.is_main = device, rank, world, rank == 0
         self.progress, self.callback, self.run_info, self.desc, self.stage = progress, callback, run_info, desc, stage
         self.t_start = t_start
+        self.forward_kwargs: dict = {}
         files = stage.files
         self.ckpt_path = out_dir / files.checkpoint
         self.final_path = out_dir / files.final
@@ -356,9 +362,9 @@ class _Loop:
         cfg = self.cfg
         if self.amp_dtype is not None:
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
-                loss = self.loss_fn(net(x), target)
+                loss = self.loss_fn(net(x, **self.forward_kwargs), target)
         else:
-            loss = self.loss_fn(net(x), target)
+            loss = self.loss_fn(net(x, **self.forward_kwargs), target)
         # one collective per step: mean loss over processes, any non-finite, and rank 0's
         # time-based checkpoint decision (so that every process checkpoints together)
         due_time = (cfg.checkpoint_minutes is not None

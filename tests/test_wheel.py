@@ -59,6 +59,8 @@ def test_wheel_ships_the_package_and_its_weights(wheel):
     assert "transcam_nb/__init__.py" in names
     assert "transcam_nb/weights/tiny_pretrained.pt" in names
     assert "transcam_nb/weights/tiny_pretrained.json" in names
+    assert "transcam_nb/weights/tiny_classifier_grouped.pt" in names  # the book's contrast arm, finished
+    assert "transcam_nb/weights/tiny_classifier_grouped.json" in names
     assert not [n for n in names if n.startswith(("tests/", "notebooks/"))]
     entry = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert entry and "transcam-nb = transcam_nb.cli:main" in zipfile.ZipFile(wheel).read(entry[0]).decode()

@@ -33,7 +33,8 @@ from typing import Any, Callable
 _log = logging.getLogger("transcam_nb.artifacts")
 
 __all__ = ["config_hash", "atomic_path", "atomic_write", "cached", "manifest_path", "read_manifest", "artifacts_dir",
-           "json_default", "to_jsonable", "write_json", "read_json", "append_jsonl", "read_jsonl", "write_jsonl"]
+           "json_default", "to_jsonable", "write_json", "read_json", "append_jsonl", "read_jsonl", "write_jsonl",
+           "file_sha256"]
 
 
 def artifacts_dir() -> Path:
@@ -120,6 +121,15 @@ def config_hash(config: Any, length: int = 16) -> str:
     """A stable short hash of a JSON-like config (keys sorted; unknown objects via ``str``)."""
     blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _tmp_name(path: Path, is_dir: bool = False) -> Path:

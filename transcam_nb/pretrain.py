@@ -54,14 +54,13 @@ the tiny profile's ``init_checkpoint`` (``"package:tiny_pretrained.pt"``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from .artifacts import write_json
+from .artifacts import file_sha256, write_json  # file_sha256: re-exported
 from .config import RUN_ONLY_FIELDS, PretrainConfig, get_settings
 
 __all__ = [
@@ -304,14 +303,6 @@ def _fp16_state(model) -> dict:
 
     return {k: (v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu())
             for k, v in model.state_dict().items()}
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------

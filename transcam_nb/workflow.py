@@ -18,6 +18,9 @@ Environment variables:
 ``TRANSCAM_INIT``        the ImageNet Conformer checkpoint the paper profile starts from
 ``TRANSCAM_SMOKE``       ``1``: a paper-profile *smoke run* (toy sizes, a few steps, random weights
                          allowed: :data:`transcam_nb.smoke.SMOKE_OVERRIDES`); its numbers mean nothing
+``TRANSCAM_NO_SHIPPED``  ``1``: train every classifier, even one the package ships finished for the
+                         same configuration (the contrast arm of chapters 2 and 5:
+                         :mod:`transcam_nb.pipeline.shipped`)
 """
 from __future__ import annotations
 
@@ -98,7 +101,7 @@ def data_root(profile: Profile) -> Path:
 
 
 def classifier(profile: Profile, *, init: str | None = "profile", progress: bool | None = None,
-               from_scratch: bool | None = None, **overrides):
+               from_scratch: bool | None = None, shipped: bool | None = None, **overrides):
     """The trained classifier of ``profile``: ``(model, run_dir)``, from the classifier cache
     (:func:`transcam_nb.pipeline.classifier.cached_classifier`, shared with the pipeline).
 
@@ -107,12 +110,16 @@ def classifier(profile: Profile, *, init: str | None = "profile", progress: bool
     trains from scratch; a path starts from that file. A finished run with the same
     configuration is loaded instead of retrained; an unfinished one is resumed. The paper profile
     without an ``init_checkpoint`` refuses to start unless ``from_scratch`` (default: what
-    :func:`setup` chose).
+    :func:`setup` chose). A classifier the package ships finished for exactly this configuration
+    (the tiny profile's contrast arm, ``init="package:tiny_pretrained_grouped.pt"``:
+    :mod:`transcam_nb.pipeline.shipped`) is installed instead of trained, unless ``shipped=False``
+    or ``$TRANSCAM_NO_SHIPPED`` is 1.
     """
     from .pipeline.classifier import cached_classifier
 
     scratch = FROM_SCRATCH["default"] if from_scratch is None else bool(from_scratch)
-    return cached_classifier(profile, init=init, progress=_progress(progress), from_scratch=scratch, **overrides)
+    return cached_classifier(profile, init=init, progress=_progress(progress), from_scratch=scratch,
+                             shipped=shipped, **overrides)
 
 
 def eval_dataset(profile: Profile, split: str | None = None):

@@ -4,6 +4,10 @@
 with the same configuration exists under the artifacts folder) and returns ``(model, run_dir)``;
 :func:`transcam_nb.workflow.classifier` is a thin call into it. :func:`run` is the pipeline
 stage: it records which weights the later stages use in ``DIR/classifier/DONE.json``.
+
+A cache miss whose configuration equals that of a finished classifier shipped with the package
+(:mod:`transcam_nb.pipeline.shipped`: the book's contrast arm) installs that one instead of
+training; ``shipped=False`` or ``TRANSCAM_NO_SHIPPED=1`` trains it for real.
 """
 from __future__ import annotations
 
@@ -12,13 +16,13 @@ import os
 import time
 from pathlib import Path
 
-from ..artifacts import artifacts_dir, config_hash, write_json
+from ..artifacts import artifacts_dir, config_hash, read_json, write_json
 from ..config import Profile
 from .context import PipelineContext, PipelineInputError, file_id, trimmed_profile
 
 log = logging.getLogger("transcam_nb.pipeline")
 
-__all__ = ["run", "load_classifier", "cached_classifier", "classifier_weights"]
+__all__ = ["run", "load_classifier", "cached_classifier", "classifier_weights", "classifier_spec"]
 
 
 def classifier_weights(run_dir: Path) -> Path:
@@ -47,22 +51,14 @@ def _init_spec(init) -> dict:
     return {"init": p.name, "init_size": st.st_size}
 
 
-def cached_classifier(profile: Profile, *, init: str | None = "profile", progress: bool = True,
-                      from_scratch: bool = False, **overrides):
-    """The trained classifier of ``profile``: ``(model, run_dir)``.
+def classifier_spec(profile: Profile, *, init: str | None = "profile", **overrides) -> tuple[Profile, dict, str]:
+    """What decides the classifier :func:`cached_classifier` returns: ``(profile_run, spec, run_name)``.
 
-    ``init="profile"`` starts from the profile's ``init_checkpoint`` (the tiny profile's shipped
-    pretrained weights, or the official ImageNet file for the paper profile); ``init=None``
-    trains from scratch; a path starts from that file (a profile that needs initial weights,
-    the paper's, refuses to start without one unless ``from_scratch``). A finished run with the same
-    configuration (under :func:`transcam_nb.artifacts.artifacts_dir`) is loaded instead of
-    retrained; an unfinished one is resumed.
+    ``spec`` holds the profile (run-only fields dropped), the data (the synthetic benchmark's
+    spec, or the data root), the initial weights' file name and size, and the package version;
+    ``run_name`` is its folder under the artifacts folder, ``classifier-<profile>-<init|scratch>-<hash>``.
     """
     from .. import __version__
-    from ..device import get_device
-    from ..models import load_checkpoint
-    from ..models.factory import build_model_for_profile
-    from ..train import train_classifier
 
     prof = profile.replace(**overrides) if overrides else profile
     init_arg = prof.init_checkpoint if init == "profile" else init
@@ -70,9 +66,42 @@ def cached_classifier(profile: Profile, *, init: str | None = "profile", progres
     spec = {"profile": trimmed_profile(prof_run), "data": _data_spec(prof_run), **_init_spec(init_arg),
             "version": __version__}
     tag = "scratch" if init_arg is None else "init"
-    run_dir = artifacts_dir() / f"classifier-{prof.name}-{tag}-{config_hash(spec, 10)}"
+    return prof_run, spec, f"classifier-{prof.name}-{tag}-{config_hash(spec, 10)}"
+
+
+def cached_classifier(profile: Profile, *, init: str | None = "profile", progress: bool = True,
+                      from_scratch: bool = False, shipped: bool | None = None, **overrides):
+    """The trained classifier of ``profile``: ``(model, run_dir)``.
+
+    ``init="profile"`` starts from the profile's ``init_checkpoint`` (the tiny profile's shipped
+    pretrained weights, or the official ImageNet file for the paper profile); ``init=None``
+    trains from scratch; a path starts from that file (a profile that needs initial weights,
+    the paper's, refuses to start without one unless ``from_scratch``). A finished run with the same
+    configuration (under :func:`transcam_nb.artifacts.artifacts_dir`) is loaded instead of
+    retrained; an unfinished one is resumed. Where none is finished and the package ships a
+    classifier of exactly this configuration (:mod:`transcam_nb.pipeline.shipped`), that one is
+    installed into the run folder instead of training, unless ``shipped=False`` (default: not when
+    ``$TRANSCAM_NO_SHIPPED`` is set to 1; then an installed copy in the run folder is trained over).
+    """
+    from ..device import get_device
+    from ..models import load_checkpoint
+    from ..models.factory import build_model_for_profile
+    from ..train import train_classifier
+    from . import shipped as _shipped
+
+    prof_run, spec, run_name = classifier_spec(profile, init=init, **overrides)
+    init_arg = prof_run.init_checkpoint
+    run_dir = artifacts_dir() / run_name
     done = run_dir / "DONE.json"
-    if not done.is_file():
+    found, use = None, _shipped.use_shipped(shipped)
+    if not use and done.is_file() and (read_json(done) or {}).get("shipped"):
+        log.info("[shipped] classifier %s holds the shipped copy; training it instead", run_dir.name)
+        done.unlink()  # the installed copy is not a training run: train over it
+    if not done.is_file() and use:
+        found = _shipped.find_shipped(spec, init_arg)
+    if found is not None:
+        _shipped.install(found, run_dir, spec)
+    elif not done.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "spec.json", spec, sort_keys=False)
         t0 = time.time()
@@ -88,7 +117,7 @@ def cached_classifier(profile: Profile, *, init: str | None = "profile", progres
                    run_dir / "classifier.pt")
     load_checkpoint(model, weights)
     model.eval()
-    return model.to(get_device(prof.device)), run_dir
+    return model.to(get_device(prof_run.device)), run_dir
 
 
 def run(ctx: PipelineContext) -> dict:

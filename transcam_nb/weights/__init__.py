@@ -17,6 +17,12 @@ class; :mod:`transcam_nb.pretrain`, ``group_weight``); its manifest holds the ex
 The two files give the book its causal contrast: same network, same pretext, with and without
 object-affine attention.
 
+``tiny_classifier_grouped.pt`` (+ ``.json``) is not a starting point but a finished classifier: the
+tiny profile's recipe fine-tuned from ``tiny_pretrained_grouped.pt`` (seed 0), the contrast arm of
+chapters 2 and 5. The classifier cache installs it instead of training it when, and only when, the
+configuration asked for equals the one its manifest records (:mod:`transcam_nb.pipeline.shipped`,
+which also says how to opt out and regenerate it: ``python scripts/ship_classifier.py``).
+
 A profile refers to a shipped file as ``init_checkpoint="package:tiny_pretrained.pt"``;
 :func:`resolve_checkpoint` turns that into a path (any other string is a plain path).
 """

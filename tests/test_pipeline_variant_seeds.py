@@ -189,3 +189,19 @@ def test_variant_seeds_command_on_a_miniature_profile(tmp_path, monkeypatch, cap
     checked = pipeline.check_variant_row(table, mine, prof)
     assert checked["same_machine"] and len(checked["pairs"]) == 2 * len(NAMES)
     assert checked["max_diff"] < 0.01
+
+
+def test_the_committed_tiny_table_holds_the_book_rows():
+    """The shipped file answers the book's check for seeds 0-2 of today's tiny profile and
+    settings (a changed profile, variant or τ grid fails here before it fails the book: run the
+    file's command again)."""
+    path = pipeline.committed_variants("tiny")
+    assert path.is_file() and path.parent.name == "results"
+    table = pipeline.read_variant_table(path)
+    prof = get_profile("tiny")
+    hint = f"run `{table['command']}` again"
+    assert table["settings"] == variants.variant_settings(prof), hint
+    keys = {r["key"] for r in table["runs"]}
+    assert {variants.variant_key(prof.replace(seed=s)) for s in (0, 1, 2)} <= keys, hint
+    assert all(list(r["row"]) == NAMES and r["num_images"] == 200 for r in table["runs"])
+    assert not pipeline.committed_variants("paper").exists()  # the chapters skip the table there

@@ -38,7 +38,8 @@ from ..errors import InputError
 from .context import pipeline_config, run_key
 
 __all__ = ["SEED_COLUMNS", "run_key", "seed_row", "run_seeds", "committed_table", "read_seed_table", "seed_frame",
-           "machine_id", "check_seed_row", "check_row", "check_summary", "stats_frame", "read_results", "ROW_TOLERANCE"]
+           "machine_id", "check_seed_row", "check_row", "check_summary", "stats_frame", "read_results",
+           "ROW_TOLERANCE"]
 
 #: where the committed results files live (package data)
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"

@@ -10,7 +10,7 @@ from transcam_nb import cli
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("cams", "evaluate", "train", "pretrain", "pipeline", "crf", "affinity", "randomwalk", "segment",
-            "diagnostics")
+            "diagnostics", "seeds", "variant-seeds")
 
 
 def _options(name):

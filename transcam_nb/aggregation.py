@@ -56,7 +56,11 @@ __all__ = [
     "uniform_weights",
     "block_weights",
     "learned_variant",
+    "LEARNED",
 ]
+
+#: the name of the learned variant in the book's tables (chapter 8) and the committed variants file
+LEARNED = "Learned (blocks × heads)"
 
 
 def _check_weights(weights, L: int, H: int) -> torch.Tensor:
@@ -248,10 +252,10 @@ def fit_aggregation(model, items: Iterable, *, scale: float = 160, square: bool 
 # ------------------------------------------------------------------------------------------
 # a refinement variant with given weights
 # ------------------------------------------------------------------------------------------
-def learned_variant(weights, name: str = "Learned (blocks × heads)") -> dict:
+def learned_variant(weights, name: str = LEARNED) -> dict:
     """Register the refinement "Eq. 5 with ``A_w``" for ``weights`` (``[depth, heads]``) and
     return ``{name: (method, "AA")}`` to add to a variants dict (:func:`transcam_nb.cam.multiscale_variants`,
-    :func:`transcam_nb.workflow.evaluate_variants`). The method name is ``"learned-<hash>"``, a
+    :func:`transcam_nb.pipeline.variants.evaluate_variants`). The method name is ``"learned-<hash>"``, a
     hash of the weights, so cached results of other weights are never reused. A variant with
     other blocks than AA uses the weights of those blocks only."""
     wt = torch.as_tensor(weights, dtype=torch.float32)

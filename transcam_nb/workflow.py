@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .artifacts import artifacts_dir, cached, config_hash
+from .artifacts import artifacts_dir
 from .cam import multiscale_variants  # noqa: F401 (re-exported; lives in cam.py)
 from .config import Profile, get_profile, paths_from_environment
 from .smoke import smoke_overrides
 from .device import describe, get_device, seed_everything, set_threads
+from .pipeline.variants import AGGREGATION
 from .refine import VARIANTS
 
 __all__ = ["setup", "artifacts_dir", "data_root", "classifier", "DEFAULT_VARIANTS", "multiscale_variants",
@@ -138,65 +139,34 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
 
     Returns ``{"variants": {name: {"taus", "mious", "best_tau", "best_miou", "fixed_tau",
     "fixed_miou", "iou_fixed"}}, "num_images", "class_names"}``; cached as JSON when
-    ``cache_key`` (e.g. the classifier's run folder name) is given.
+    ``cache_key`` (e.g. the classifier's run folder name) is given. The computation is
+    :func:`transcam_nb.pipeline.variants.evaluate_variants` (shared with ``python -m transcam_nb
+    variant-seeds``); this adds the book's progress default and its dataset (:func:`eval_dataset`).
     """
-    from tqdm.auto import tqdm
+    from .pipeline.variants import evaluate_variants as _evaluate
 
-    from .metrics import DEFAULT_THRESHOLDS, ThresholdSweep, sweep_grid, sweep_summary
-
-    variants = variants or DEFAULT_VARIANTS
-    fixed = float(profile.bg_threshold if fixed_tau is None else fixed_tau)
-    taus = sweep_grid(fixed, DEFAULT_THRESHOLDS if taus is None else taus)
-
-    def compute():
-        ds = eval_dataset(profile, split)
-        n = len(ds) if limit is None else min(limit, len(ds))
-        K = len(ds.class_names)
-        sweeps = {name: ThresholdSweep(taus, num_classes=K + 1) for name in variants}
-        for i in tqdm(range(n), desc="CAMs", disable=not _progress(progress)):
-            item = ds[i]
-            res = multiscale_variants(model, item.image, item.label, variants=variants, scales=profile.scales,
-                                      flip=profile.flip, square=profile.square)
-            for name, (cams, classes) in res.items():
-                sweeps[name].update(cams, classes, item.mask)
-        out = {"num_images": n, "class_names": list(ds.class_names), "variants": {}}
-        for name, sw in sweeps.items():
-            out["variants"][name] = sweep_summary(sw.result(), fixed)
-        return out
-
-    if cache_key is None:
-        return compute()
-    key = {"cache_key": cache_key, "variants": {k: list(map(str, v)) for k, v in variants.items()},
-           "split": split or profile.eval_split, "limit": limit, "taus": taus, "fixed": fixed,
-           "scales": list(profile.scales), "flip": profile.flip, "square": profile.square, "version": __version__}
-    path = artifacts_dir() / f"variants-{config_hash(key, 12)}.json"
-    return cached(path, key, compute)
+    return _evaluate(model, profile, variants=variants or DEFAULT_VARIANTS, split=split, limit=limit, taus=taus,
+                     fixed_tau=fixed_tau, cache_key=cache_key, progress=_progress(progress),
+                     dataset=lambda: eval_dataset(profile, split))
 
 
-def learned_aggregation(model, profile: Profile, *, cache_key: dict | str, num_images: int = 200,
-                        steps: int = 50, lr: float = 0.1, split: str | None = None) -> dict:
+def learned_aggregation(model, profile: Profile, *, cache_key: dict | str, num_images: int = AGGREGATION["num_images"],
+                        steps: int = AGGREGATION["steps"], lr: float = AGGREGATION["lr"],
+                        split: str | None = None) -> dict:
     """The block and head weights of :func:`transcam_nb.aggregation.fit_aggregation`, fitted on
     the first ``num_images`` images of the training split (``profile.train_split``; image labels
     only) at the profile's largest CAM scale, cached as JSON under ``cache_key`` (e.g. the
     classifier's run folder name). Returns ``{"weights": [[...]] (blocks × heads), "map_start",
-    "map_end", "loss", "num_images", "split"}``."""
-    from .aggregation import fit_aggregation
+    "map_end", "loss", "num_images", "split"}``. The computation is
+    :func:`transcam_nb.pipeline.variants.learned_aggregation` (shared with ``python -m
+    transcam_nb variant-seeds``)."""
     from .data.roots import build_dataset
+    from .pipeline.variants import learned_aggregation as _fit
 
     split = split or profile.train_split
-    scale = max(profile.scales)
-
-    def compute():
-        ds = build_dataset(profile, split, "cls", data_root=data_root(profile), progress=False)
-        items = [ds[i] for i in range(min(num_images, len(ds)))]
-        w, hist = fit_aggregation(model, items, scale=scale, square=profile.square, steps=steps, lr=lr,
-                                  progress=_progress(None))
-        return {"weights": w.tolist(), "map_start": hist["map_start"], "map_end": hist["map_end"],
-                "loss": hist["loss"], "num_images": hist["num_images"], "split": split}
-
-    key = {"cache_key": cache_key, "split": split, "num_images": num_images, "steps": steps, "lr": lr,
-           "scale": scale, "square": profile.square, "version": __version__}
-    return cached(artifacts_dir() / f"aggregation-{config_hash(key, 12)}.json", key, compute)
+    return _fit(model, profile, cache_key=cache_key, num_images=num_images, steps=steps, lr=lr, split=split,
+                progress=_progress(None),
+                dataset=lambda: build_dataset(profile, split, "cls", data_root=data_root(profile), progress=False))
 
 
 def variants_table(result: dict):

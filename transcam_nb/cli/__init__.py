@@ -49,6 +49,14 @@ Every argparse definition of the package lives in this package, with one vocabul
     Coverage / precision of every refinement variant and the attention diagnostic
     (:mod:`transcam_nb.diagnostics`).
 
+``seeds``, ``variant-seeds``
+    The committed tables over seeds whose seed-0 rows the book checks: the whole pipeline once per
+    seed (:mod:`transcam_nb.pipeline.seeds`, ``transcam_nb/results/seeds-<profile>.json``), and the
+    refinement variants of chapters 5 and 8 on the evaluation split once per seed
+    (:mod:`transcam_nb.pipeline.variants`, ``transcam_nb/results/variants-<profile>.json``)::
+
+        python -m transcam_nb variant-seeds --profile tiny --seeds 0,1,2
+
 Bad input (an unknown field, a missing file, a malformed value: :class:`UsageError`, the
 library's :class:`transcam_nb.errors.InputError` and missing files (``OSError``), see
 :data:`BAD_INPUT`) ends the command with one line naming the problem on stderr and exit status

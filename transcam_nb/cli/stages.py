@@ -282,6 +282,16 @@ def _seeds_args(p: argparse.ArgumentParser) -> None:
     add_runtime(p)
 
 
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise UsageError("--seeds: give at least one seed")
+    return seeds
+
+
 @register_stage("seeds", "the pipeline once per seed, one results file with every seed's numbers and the row the "
                 "book checks (transcam_nb/pipeline/seeds.py)", _seeds_args)
 def run_seeds_command(args: argparse.Namespace) -> int:
@@ -292,12 +302,7 @@ def run_seeds_command(args: argparse.Namespace) -> int:
         seed_frame,
     )
 
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
-    if not seeds:
-        raise UsageError("--seeds: give at least one seed")
+    seeds = _parse_seeds(args.seeds)
     prof = profile_from_args(args)
     cfg = _pipeline_settings(args, prof, {}, ("pseudo_limit", "val_limit"))
     results = args.results or committed_table(prof)
@@ -305,3 +310,46 @@ def run_seeds_command(args: argparse.Namespace) -> int:
                       progress=not args.no_progress, command=command_line(args.argv))
     print(seed_frame(table).round(2).to_string())
     return 0 if all(r["complete"] for r in table["runs"]) else 2
+
+
+# ----------------------------------------------------------------------------- variant-seeds
+def _variant_seeds_args(p: argparse.ArgumentParser) -> None:
+    add_profile(p)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument("--results", default=None, help="the results file to (re)write (default: the committed one, "
+                   "transcam_nb/results/variants-<profile>.json)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N evaluation images (default: all, as chapters 5 and 8; with a limit the "
+                        "book's check does not find its row)")
+    add_data_root(p)
+    add_set(p, "a profile field (not seed: see --seeds)")
+    add_from_scratch(p, "the paper profile's classifier")
+    add_runtime(p)
+
+
+@register_stage("variant-seeds", "chapter 5's refinement variants and chapter 8's learned aggregation on the "
+                "evaluation split, once per seed (the classifiers from the classifier cache under "
+                "$TRANSCAM_ARTIFACTS, trained where missing); one results file with every seed's mIoU at the best "
+                "and the fixed τ, whose seed-0 row the book checks (transcam_nb/pipeline/variants.py)",
+                _variant_seeds_args)
+def run_variant_seeds_command(args: argparse.Namespace) -> int:
+    from ..pipeline.seeds import command_line
+    from ..pipeline.variants import committed_variants, refinement_gain, run_variant_seeds, variant_frame
+
+    seeds = _parse_seeds(args.seeds)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit: expected a positive number of images, got {args.limit}")
+    prof = profile_from_args(args)
+    if "seed" in {s.split("=", 1)[0].strip() for s in args.set}:
+        raise UsageError("--set seed=...: give the seeds with --seeds")
+    results = args.results or committed_variants(prof)
+    table = run_variant_seeds(prof, seeds, results, limit=args.limit, progress=not args.no_progress,
+                              from_scratch=args.from_scratch, command=command_line(args.argv))
+    print(variant_frame(table).round(2).to_string())
+    for what, names in (("chapter 5's variants", [v[0] for v in table["settings"]["variants"] if v[1] != "learned"]),
+                        ("with the learned aggregation", None)):
+        gain = refinement_gain(table, names)
+        print(f"best refinement at the best τ ({what}, mean over seeds {table['seeds']}): {gain['name']}, "
+              f"{gain['mean']:+.2f} ± {gain['spread']:.2f} points from CAM")
+    print(f"written: {results}")
+    return 0

@@ -38,7 +38,10 @@ under torchrun). Training stages run in shard 0 only, the others wait for its ``
 Layout of this package: one module per stage (``classifier``, ``cams``, ``crf``, ``affinity``,
 ``randomwalk``, ``segment``), each with the same ``run(ctx) -> DONE record``; ``context``
 (:class:`PipelineContext`, the stage list, bookkeeping), ``runner`` (:func:`run_pipeline`) and
-``report`` (summary, results table, readers for the book). Nothing here imports the book layer
+``report`` (summary, results table, readers for the book); ``seeds`` (the pipeline over several
+seeds, the committed table and the book's check of its row) and ``variants`` (the refinement
+variants of chapters 5 and 8 on the evaluation split, the same over several seeds and their
+committed table). Nothing here imports the book layer
 (``workflow``, ``viz``, ``widgets``, ``diagnostics``).
 
 The command line is ``python -m transcam_nb pipeline --profile tiny --out DIR`` (and the thin
@@ -54,8 +57,11 @@ from .context import STAGES, SUMMARY_KEYS, PipelineContext, StageIncomplete, def
 from .report import (TABLE_ROWS, build_summary, find_run, load_example, read_affinity_history, read_deeplab_log,
                      read_summary, results_table)
 from .runner import STAGE_FUNCTIONS, run_pipeline, run_stage
-from .seeds import SEED_COLUMNS, check_seed_row, committed_table, read_seed_table, run_seeds, seed_frame, seed_row
+from .seeds import (SEED_COLUMNS, check_seed_row, check_summary, committed_table, read_seed_table, run_seeds, seed_frame,
+                    seed_row)
 from .segment import seg_config
+from .variants import (check_variant_row, committed_variants, read_variant_table, refinement_gain, run_variant_seeds,
+                       variant_frame, variant_key)
 
 __all__ = [
     "STAGES", "SUMMARY_KEYS", "PipelineConfig", "pipeline_config", "StageIncomplete", "PipelineContext",
@@ -63,4 +69,6 @@ __all__ = [
     "STAGE_FUNCTIONS", "run_stage", "run_pipeline", "default_out_dir", "build_summary", "find_run", "read_summary",
     "TABLE_ROWS", "results_table", "load_example", "read_deeplab_log", "read_affinity_history",
     "SEED_COLUMNS", "run_seeds", "committed_table", "read_seed_table", "seed_frame", "seed_row", "check_seed_row",
+    "check_summary", "run_variant_seeds", "committed_variants", "read_variant_table", "variant_frame", "variant_key",
+    "refinement_gain", "check_variant_row",
 ]

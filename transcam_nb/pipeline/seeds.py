@@ -30,7 +30,7 @@ import datetime
 import os
 import shlex
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..artifacts import read_json, write_json
 from ..config import PipelineConfig, Profile, get_profile
@@ -38,7 +38,8 @@ from ..errors import InputError
 from .context import pipeline_config, run_key
 
 __all__ = ["SEED_COLUMNS", "run_key", "seed_row", "run_seeds", "committed_table", "read_seed_table", "seed_frame",
-           "machine_id", "check_seed_row"]
+           "machine_id", "check_seed_row", "check_row", "check_summary", "stats_frame", "read_results",
+           "ROW_TOLERANCE"]
 
 #: where the committed results files live (package data)
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
@@ -113,22 +114,37 @@ def committed_table(profile: Profile | str) -> Path:
 
 def read_seed_table(path: str | os.PathLike) -> dict:
     """A results file written by :func:`run_seeds` (``InputError`` naming it when it is not one)."""
+    return read_results(path, "seeds")
+
+
+def read_results(path: str | os.PathLike, what: str) -> dict:
+    """A committed results file (a dict with a list of ``runs``) of the command ``what``
+    (``seeds``, ``variant-seeds``); ``InputError`` naming the file when it is not one."""
     t = read_json(path)
     if not isinstance(t, dict) or not isinstance(t.get("runs"), list):
-        raise InputError(f"{Path(path).name}: not a seeds results file (written by `python -m transcam_nb seeds`)")
+        raise InputError(f"{Path(path).name}: not a {what} results file (written by `python -m transcam_nb {what}`)")
     return t
 
 
 def seed_frame(table: dict):
     """The table's runs (role ``"table"``) as a DataFrame: one row per seed, then the mean and
     the spread (sample standard deviation) over the seeds."""
+    rows = {f"seed {r['seed']}": r["row"] for r in table["runs"] if r["role"] == "table"}
+    df = stats_frame(rows, list(SEED_COLUMNS))
+    return df.rename(columns=SEED_COLUMNS)
+
+
+def stats_frame(rows: dict, columns: Iterable | None = None):
+    """``rows`` (label -> {column: value}, one per seed) as a DataFrame in that order, the
+    ``columns`` present (default: all, in first-seen order), then two rows: ``"mean"`` and
+    ``"spread (std)"`` (the sample standard deviation over the seeds, ``ddof=1``)."""
     import pandas as pd
 
-    rows = {f"seed {r['seed']}": r["row"] for r in table["runs"] if r["role"] == "table"}
     df = pd.DataFrame.from_dict(rows, orient="index")
-    df = df[[k for k in SEED_COLUMNS if k in df.columns]]
+    if columns is not None:
+        df = df[[k for k in columns if k in df.columns]]
     stats = pd.DataFrame([df.mean(), df.std(ddof=1)], index=["mean", "spread (std)"])
-    return pd.concat([df, stats]).rename(columns=SEED_COLUMNS)
+    return pd.concat([df, stats])
 
 
 def machine_id() -> dict:
@@ -166,17 +182,38 @@ def check_seed_row(table: dict | str | os.PathLike, summary: dict, profile: Prof
     "max_diff": points, "same_machine": bool}``."""
     t = read_seed_table(table) if not isinstance(table, dict) else table
     key = run_key(profile, config or pipeline_config(profile))
-    hint = f"run `{t.get('command') or 'python -m transcam_nb seeds'}` again and commit its file"
-    match = [r for r in t["runs"] if r["key"] == key]
-    assert match, f"the seeds results file holds no run with this build's settings (key {key}): {hint}"
-    mine = seed_row(summary)
-    pairs = {k: (match[0]["row"].get(k), mine.get(k)) for k in SEED_COLUMNS if k in mine}
-    assert all(v[0] is not None for v in pairs.values()), f"the seeds results file lacks numbers: {hint}"
+    return check_row(t, key, seed_row(summary), what="seeds", tolerance=tolerance)
+
+
+def check_row(table: dict, key: str, mine: dict, *, what: str, flatten: Callable[[dict], dict] | None = None,
+              tolerance: float = ROW_TOLERANCE) -> dict:
+    """The check of :func:`check_seed_row`, for any committed results file (``what``: the command
+    that writes it): the run with ``key`` must exist (everywhere), and its row (through
+    ``flatten``) must hold every column of ``mine`` within ``tolerance`` when this machine is the
+    kind that wrote the file (:func:`machine_id`); elsewhere the differences are returned only."""
+    hint = f"run `{table.get('command') or 'python -m transcam_nb ' + what}` again and commit its file"
+    match = [r for r in table["runs"] if r["key"] == key]
+    assert match, f"the {what} results file holds no run with this build's settings (key {key}): {hint}"
+    theirs = flatten(match[0]["row"]) if flatten else match[0]["row"]
+    pairs = {k: (theirs.get(k), v) for k, v in mine.items()}
+    assert all(v[0] is not None for v in pairs.values()), f"the {what} results file lacks numbers: {hint}"
     diffs = {k: abs(a - b) for k, (a, b) in pairs.items()}
-    same = t.get("machine") == machine_id()
+    same = table.get("machine") == machine_id()
     bad = {k: pairs[k] for k, d in diffs.items() if d > tolerance}
-    assert not (same and bad), f"the seeds results file differs from this build ({bad}): {hint}"
-    return {"pairs": pairs, "max_diff": max(diffs.values(), default=0.0), "same_machine": same}
+    assert not (same and bad), f"the {what} results file differs from this build ({bad}): {hint}"
+    return {"pairs": pairs, "max_diff": max(diffs.values(), default=0.0), "same_machine": same,
+            "tolerance": tolerance}
+
+
+def check_summary(checked: dict, seed: int) -> str:
+    """One line on the outcome of :func:`check_row` for the book: asserted on the kind of machine
+    that wrote the file, only compared elsewhere."""
+    worst, n = checked["max_diff"], len(checked["pairs"])
+    if checked["same_machine"]:
+        return (f"seed {seed} of this build: the committed row on {n} numbers (largest difference "
+                f"{worst:.2f} points, asserted ≤ {checked['tolerance']:g})")
+    return (f"seed {seed} of this build, on another kind of CPU than the file's: settings equal, "
+            f"{n} numbers differ by up to {worst:.2f} points (fp32 kernels round differently; shown, not asserted)")
 
 
 def command_line(argv: Iterable[str]) -> str:

@@ -299,9 +299,14 @@ USER_DOCS = ("README.md", "book/how_to_run.md")
 
 
 def _defined_flags() -> set:
+    """The flags of every command, and of the repository's scripts (``scripts/*.py``, e.g. the
+    regenerate command of a shipped classifier that the package names in its messages)."""
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "stage").choices
-    return {o for p in sub.values() for a in p._actions for o in a.option_strings}
+    flags = {o for p in sub.values() for a in p._actions for o in a.option_strings}
+    for script in (REPO / "scripts").glob("*.py"):
+        flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", script.read_text()))
+    return flags
 
 
 def _unknown_flags(texts, defined) -> dict:

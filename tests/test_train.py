@@ -470,3 +470,24 @@ def test_paper_profile_refuses_to_start_from_random_weights(tmp_path):
         train_classifier("paper", tmp_path / "run", data_root=voc, init=tmp_path / "nope.pth", progress=False)
     args = cli.build_parser().parse_args(["train", "--profile", "paper", "--out", "x", "--from-scratch"])
     assert args.from_scratch
+
+
+def test_run_messages_follow_the_caller(data_root, tmp_path, capsys):
+    # a script (progress on, no logging set up) sees the start / end lines; the book (progress off,
+    # the package's loggers at WARNING) sees nothing, so no paths or log lines land in chapters
+    import logging
+
+    pkg = logging.getLogger("transcam_nb")
+    saved = (pkg.level, list(pkg.handlers))
+    try:
+        pkg.handlers.clear()
+        pkg.setLevel(logging.WARNING)
+        prof = small_profile(data_root, max_steps=1)
+        train_classifier(prof, tmp_path / "quiet", progress=False)
+        assert "[train]" not in capsys.readouterr().err
+        train_classifier(prof, tmp_path / "loud", progress=True)
+        err = capsys.readouterr().err
+        assert "[train] starting" in err and "[train] done" in err
+    finally:
+        pkg.setLevel(saved[0])
+        pkg.handlers[:] = saved[1]

@@ -55,7 +55,6 @@ whole training state; a run started again on the same folder continues from it. 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Callable
 
@@ -69,7 +68,7 @@ from .data.roots import build_eval_dataset, build_train_dataset
 from .device import get_device, seed_everything, set_threads
 from .artifacts import append_jsonl, read_jsonl, write_json
 from .config import Profile, get_profile
-from .engine import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, dist_env, train_loop
+from .engine import CHECKPOINT_NAME, METRICS_NAME, SUMMARY_NAME, LoopConfig, amp_setup, announce, dist_env, train_loop
 from .models.factory import PROFILES_NEEDING_INIT, build_model_for_profile, require_init
 
 __all__ = [
@@ -223,7 +222,7 @@ def train_classifier(
         try:
             val = build_eval_dataset(prof, dataset.root, allow_pickle=allow_pickle, progress=False)
         except FileNotFoundError as e:
-            print(f"[train] no final evaluation: {e}", file=sys.stderr)
+            announce(f"[train] no final evaluation: {e}", progress)
         else:
             dev = get_device(prof.device if device is None else device)
             if dev.type == "cuda" and dev.index is None:
@@ -238,8 +237,8 @@ def train_classifier(
                           {"event": "eval", "step": summary["steps"], "split": val.split, "mAP": ev["mAP"],
                            "exact_match": ev["exact_match"], "num_images": ev["num_images"]})
             write_json(out_dir / SUMMARY_NAME, summary)
-            print(f"[train] {val.split}: mAP {ev['mAP']:.4f}, exact-match accuracy {ev['exact_match']:.4f} "
-                  f"({ev['num_images']} images)", file=sys.stderr)
+            announce(f"[train] {val.split}: mAP {ev['mAP']:.4f}, exact-match accuracy {ev['exact_match']:.4f} "
+                     f"({ev['num_images']} images)", progress)
     return summary
 
 

@@ -36,6 +36,7 @@ truncation of a resume :func:`truncate_log` (JSON and JSON-lines files: :mod:`tr
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import sys
@@ -63,8 +64,20 @@ __all__ = [
     "CHECKPOINT_FORMAT", "NonFiniteLossError", "LoopConfig", "RunFiles", "StageSpec", "LR_SCHEDULES",
     "param_groups", "is_transformer_branch", "apply_trans_lr_mult", "lr_at", "make_optimizer", "set_lr",
     "ResumableDistributedSampler", "EpochIndexed",
-    "train_loop", "load_training_checkpoint", "amp_setup", "dist_env", "truncate_log",
+    "train_loop", "load_training_checkpoint", "amp_setup", "dist_env", "truncate_log", "announce",
 ]
+
+_log = logging.getLogger("transcam_nb.engine")
+
+
+def announce(msg: str, progress: bool = True) -> None:
+    """A training run's start / end line: to the ``transcam_nb`` loggers where they show INFO
+    (the command line sets that up), else printed on stderr when ``progress`` (a script), else
+    nowhere (the book, whose Setup cell keeps the package's messages out of the chapters)."""
+    if _log.isEnabledFor(logging.INFO) and _log.hasHandlers():
+        _log.info(msg)
+    elif progress:
+        print(msg, file=sys.stderr, flush=True)
 
 
 # =========================================================================================
@@ -214,7 +227,7 @@ class _Loop:
 
     def say(self, msg: str) -> None:
         if self.is_main:
-            print(f"[{self.desc}] {msg}", file=sys.stderr, flush=True)
+            announce(f"[{self.desc}] {msg}", self.progress)
 
     def log(self, record: dict) -> None:
         if self.is_main and self.log_path is not None:

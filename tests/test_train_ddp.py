@@ -18,6 +18,8 @@ _SCRIPT = r"""
 import json, os, sys
 import torch
 torch.set_num_threads(1)
+import logging
+logging.basicConfig(level=logging.INFO, format="%(message)s")  # the run's start / end lines (rank 0) on stderr
 from transcam_nb.config import get_profile
 from transcam_nb.models.factory import build_model_for_profile
 from transcam_nb.train import train_classifier

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from seed_checks import assert_other_machine_reported
 
 from transcam_nb import cli, pipeline
 from transcam_nb.aggregation import LEARNED
@@ -122,12 +123,7 @@ def test_the_check_accepts_the_same_run_and_refuses_drift(fake, tmp_path):
     with pytest.raises(AssertionError, match="lacks numbers"):
         pipeline.check_variant_row(res, {**mine["variants"], "Other": mine["variants"]["CAM"]}, prof)
     # a file written on another kind of machine: the numbers are reported, the settings still checked
-    other = json.loads(res.read_text())
-    other["machine"] = dict(other["machine"], simd=["avx512f", "amx_bf16"])
-    seen = pipeline.check_variant_row(other, drifted, prof)
-    assert not seen["same_machine"] and seen["max_diff"] == pytest.approx(0.6)
-    with pytest.raises(AssertionError, match="no run with this build's settings"):
-        pipeline.check_variant_row(other, mine, prof.replace(bg_threshold=0.3))
+    assert_other_machine_reported(pipeline.check_variant_row, res, drifted, mine, prof)
 
 
 def test_not_a_results_file_is_one_clear_error(tmp_path):

@@ -210,7 +210,7 @@ def train_classifier(
     def loss_fn(out, labels):
         loss = classification_loss(out, labels, w_conv, w_trans)
         if lam:
-            loss = loss + lam * refined_cam_loss(out, labels, forward_kwargs["attn_blocks"].stop, prof.refined_noise)
+            loss = loss + lam * refined_cam_loss(out, labels, depth, prof.refined_noise)
         return loss
 
     run_info = {"stage": "classifier", "profile": prof.to_dict(), "data_root": str(dataset.root),

@@ -141,13 +141,12 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
     "fixed_miou", "iou_fixed"}}, "num_images", "class_names"}``; cached as JSON when
     ``cache_key`` (e.g. the classifier's run folder name) is given. The computation is
     :func:`transcam_nb.pipeline.variants.evaluate_variants` (shared with ``python -m transcam_nb
-    variant-seeds``); this adds the book's progress default and its dataset (:func:`eval_dataset`).
+    variant-seeds``); this adds the book's progress default.
     """
     from .pipeline.variants import evaluate_variants as _evaluate
 
     return _evaluate(model, profile, variants=variants or DEFAULT_VARIANTS, split=split, limit=limit, taus=taus,
-                     fixed_tau=fixed_tau, cache_key=cache_key, progress=_progress(progress),
-                     dataset=lambda: eval_dataset(profile, split))
+                     fixed_tau=fixed_tau, cache_key=cache_key, progress=_progress(progress))
 
 
 def learned_aggregation(model, profile: Profile, *, cache_key: dict | str, num_images: int = AGGREGATION["num_images"],
@@ -160,13 +159,10 @@ def learned_aggregation(model, profile: Profile, *, cache_key: dict | str, num_i
     "map_end", "loss", "num_images", "split"}``. The computation is
     :func:`transcam_nb.pipeline.variants.learned_aggregation` (shared with ``python -m
     transcam_nb variant-seeds``)."""
-    from .data.roots import build_dataset
     from .pipeline.variants import learned_aggregation as _fit
 
-    split = split or profile.train_split
     return _fit(model, profile, cache_key=cache_key, num_images=num_images, steps=steps, lr=lr, split=split,
-                progress=_progress(None),
-                dataset=lambda: build_dataset(profile, split, "cls", data_root=data_root(profile), progress=False))
+                progress=_progress(None))
 
 
 def variants_table(result: dict):

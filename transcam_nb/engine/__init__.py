@@ -190,8 +190,7 @@ def train_loop(
             torch.cuda.set_device(device)
         loop = _Loop(model, dataset, loss_fn, Path(out_dir), config, device=device, rank=rank, world=world,
                      progress=progress, callback=callback, run_info=run_info or {}, desc=desc,
-                     stage=stage or StageSpec(), t_start=t_start)
-        loop.forward_kwargs = dict(forward_kwargs or {})
+                     stage=stage or StageSpec(), t_start=t_start, forward_kwargs=forward_kwargs)
         return loop.run(resume=resume, stop_after=stop_after)
     finally:
         if created_pg and dist.is_initialized():
@@ -202,12 +201,12 @@ class _Loop:
     """One run of :func:`train_loop`: set-up, resume, the steps, checkpoints, the end."""
 
     def __init__(self, model, dataset, loss_fn, out_dir: Path, cfg: LoopConfig, *, device, rank, world, progress,
-                 callback, run_info, desc, stage: StageSpec, t_start):
+                 callback, run_info, desc, stage: StageSpec, t_start, forward_kwargs: dict | None = None):
         self.model, self.dataset, self.loss_fn, self.out_dir, self.cfg = model, dataset, loss_fn, out_dir, cfg
         self.device, self.rank, self.world, self.is_main = device, rank, world, rank == 0
         self.progress, self.callback, self.run_info, self.desc, self.stage = progress, callback, run_info, desc, stage
         self.t_start = t_start
-        self.forward_kwargs: dict = {}
+        self.forward_kwargs = dict(forward_kwargs or {})
         files = stage.files
         self.ckpt_path = out_dir / files.checkpoint
         self.final_path = out_dir / files.final

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -12,7 +13,7 @@ import torch.nn as nn
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Profile
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CLASSIFIER_NAME", "METRICS_NAME", "SUMMARY_NAME",
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CLASSIFIER_NAME", "METRICS_NAME", "SUMMARY_NAME", "classifier_weights",
            "NonFiniteLossError", "LoopConfig", "LR_SCHEDULES", "param_groups", "is_transformer_branch",
            "apply_trans_lr_mult", "lr_at", "make_optimizer", "set_lr"]
 
@@ -21,6 +22,14 @@ CHECKPOINT_NAME = "last.pt"
 CLASSIFIER_NAME = "classifier.pt"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
+
+
+def classifier_weights(run_dir: Path) -> Path:
+    """The weights of a classifier run folder (``classifier.pt``, else ``final.pt`` / ``last.pt``)."""
+    for name in (CLASSIFIER_NAME, "final.pt", CHECKPOINT_NAME):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    raise FileNotFoundError(f"no classifier weights (classifier.pt / last.pt) in {Path(run_dir).name}")
 
 
 class NonFiniteLossError(RuntimeError):

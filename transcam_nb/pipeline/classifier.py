@@ -18,19 +18,12 @@ from pathlib import Path
 
 from ..artifacts import artifacts_dir, config_hash, read_json, write_json
 from ..config import Profile
+from ..engine.config import classifier_weights
 from .context import PipelineContext, PipelineInputError, file_id, trimmed_profile
 
 log = logging.getLogger("transcam_nb.pipeline")
 
 __all__ = ["run", "load_classifier", "cached_classifier", "classifier_weights", "classifier_spec"]
-
-
-def classifier_weights(run_dir: Path) -> Path:
-    """The weights of a classifier run folder (``classifier.pt``, else ``final.pt`` / ``last.pt``)."""
-    for name in ("classifier.pt", "final.pt", "last.pt"):
-        if (Path(run_dir) / name).is_file():
-            return Path(run_dir) / name
-    raise FileNotFoundError(f"no classifier weights (classifier.pt / last.pt) in {Path(run_dir).name}")
 
 
 def _data_spec(profile: Profile) -> dict:
@@ -113,9 +106,7 @@ def cached_classifier(profile: Profile, *, init: str | None = "profile", progres
     else:
         log.info("[cached] classifier %s", run_dir.name)
     model = build_model_for_profile(prof_run, init=None)
-    weights = next((run_dir / n for n in ("classifier.pt", "final.pt", "last.pt") if (run_dir / n).is_file()),
-                   run_dir / "classifier.pt")
-    load_checkpoint(model, weights)
+    load_checkpoint(model, classifier_weights(run_dir))
     model.eval()
     return model.to(get_device(prof_run.device)), run_dir
 

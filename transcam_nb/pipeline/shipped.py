@@ -51,6 +51,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ..engine.config import classifier_weights
 from ..artifacts import atomic_path, atomic_write, file_sha256, read_json, to_jsonable, write_json
 from ..errors import InputError
 from ..weights import WEIGHTS_DIR, resolve_checkpoint
@@ -182,9 +183,10 @@ def write_shipped(run_dir: str | os.PathLike, *, spec: dict, run_name: str, requ
         raise InputError(f"{run_dir / 'spec.json'} is not the classifier this code computes for profile {profile!r}, "
                          f"init {init!r} (differs at: {', '.join(diff[:8])}); train it: "
                          f"{regenerate_command(profile, init, name)} (without --from)")
-    weights = next((run_dir / n for n in ("classifier.pt", "final.pt", "last.pt") if (run_dir / n).is_file()), None)
-    if weights is None:
-        raise InputError(f"{run_dir}: no classifier weights (classifier.pt / last.pt)")
+    try:
+        weights = classifier_weights(run_dir)
+    except FileNotFoundError:
+        raise InputError(f"{run_dir}: no classifier weights (classifier.pt / last.pt)") from None
     sd = read_state_dict(weights)
     if any(v.is_floating_point() and v.dtype != torch.float32 for v in sd.values()):
         raise InputError(f"{weights}: expected float32 weights")

@@ -48,12 +48,8 @@ AGGREGATION = {"num_images": 200, "steps": 50, "lr": 0.1}
 KINDS = {"best": "mIoU at best τ (%)", "fixed": "mIoU at fixed τ (%)"}
 
 
-def _dataset(dataset, profile: Profile, split: str, mode: str):
-    """``dataset`` itself, the result of calling it, or (``None``) the profile's split."""
-    if callable(dataset):
-        return dataset()
-    if dataset is not None:
-        return dataset
+def _dataset(profile: Profile, split: str, mode: str):
+    """The profile's ``split`` in ``mode`` (its data root; the embedded benchmark generated on first use)."""
     from ..data.roots import build_dataset, resolve_data_root
 
     return build_dataset(profile, split, mode, data_root=resolve_data_root(profile, progress=False), progress=False)
@@ -61,14 +57,13 @@ def _dataset(dataset, profile: Profile, split: str, mode: str):
 
 def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, split: str | None = None,
                       limit: int | None = None, taus: Sequence[float] | None = None, fixed_tau: float | None = None,
-                      cache_key: dict | str | None = None, progress: bool = False, dataset=None) -> dict:
+                      cache_key: dict | str | None = None, progress: bool = False) -> dict:
     """Pseudo-label quality of each refinement variant on a split: the τ sweep, the best τ (chosen
     on ground truth, so optimistic) and the mIoU at a τ fixed in advance.
 
     ``variants``: ``{name: (method, blocks)}`` (default :data:`transcam_nb.refine.VARIANTS`);
-    ``split``: default the profile's ``eval_split``; ``limit``: only the first N images;
-    ``dataset``: the split in ``"infer"`` mode, or a function returning it (called only when
-    the result is not cached; default: the profile's). Returns ``{"variants": {name: {"taus",
+    ``split``: default the profile's ``eval_split`` (read only when the result is not cached);
+    ``limit``: only the first N images. Returns ``{"variants": {name: {"taus",
     "mious", "best_tau", "best_miou", "fixed_tau", "fixed_miou", "iou_fixed"}}, "num_images",
     "class_names"}``; cached as JSON when ``cache_key`` (e.g. the classifier's run folder name)
     is given."""
@@ -85,7 +80,7 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
     split = split or profile.eval_split
 
     def compute():
-        ds = _dataset(dataset, profile, split, "infer")
+        ds = _dataset(profile, split, "infer")
         n = len(ds) if limit is None else min(limit, len(ds))
         K = len(ds.class_names)
         sweeps = {name: ThresholdSweep(taus, num_classes=K + 1) for name in variants}
@@ -111,10 +106,10 @@ def evaluate_variants(model, profile: Profile, *, variants: dict | None = None, 
 
 def learned_aggregation(model, profile: Profile, *, cache_key: dict | str, num_images: int = AGGREGATION["num_images"],
                         steps: int = AGGREGATION["steps"], lr: float = AGGREGATION["lr"], split: str | None = None,
-                        progress: bool = False, dataset=None) -> dict:
+                        progress: bool = False) -> dict:
     """The block and head weights of :func:`transcam_nb.aggregation.fit_aggregation`, fitted on
     the first ``num_images`` images of the training split (``profile.train_split``; ``"cls"``
-    mode, image labels only; ``dataset``: that split or a function returning it) at the
+    mode, image labels only) at the
     profile's largest CAM scale, cached as JSON under ``cache_key`` (e.g. the classifier's run
     folder name). Returns ``{"weights": [[...]] (blocks × heads), "map_start", "map_end",
     "loss", "num_images", "split"}``."""
@@ -125,7 +120,7 @@ def learned_aggregation(model, profile: Profile, *, cache_key: dict | str, num_i
     scale = max(profile.scales)
 
     def compute():
-        ds = _dataset(dataset, profile, split, "cls")
+        ds = _dataset(profile, split, "cls")
         items = [ds[i] for i in range(min(num_images, len(ds)))]
         w, hist = fit_aggregation(model, items, scale=scale, square=profile.square, steps=steps, lr=lr,
                                   progress=progress)
